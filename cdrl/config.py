@@ -1,0 +1,286 @@
+"""Typed configuration: one object drives the library, the pipeline and Tune.
+
+Loaded from YAML, then ``key=value`` overrides with dotted keys (``train.batch_size=256``). Unknown keys
+and wrongly typed values raise :class:`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value; the message names the dotted key."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "toy"
+    seed: int = 0
+    output_dir: str = "runs"  # local folder for samples, plots and the summary: OUTPUT_DIR/NAME/
+    storage_path: str | None = None  # checkpoints: a folder or s3://bucket/prefix (None: OUTPUT_DIR/NAME/checkpoints)
+    keep_checkpoints: int = 3  # keep the last K checkpoints
+
+
+@dataclass
+class DataConfig:
+    name: str = "8squares"  # a built-in dataset (cdrl.data.BUILTIN_DATASETS)
+    uri: str | None = None  # prepared Parquet shards (local folder or s3://); prepared from `name` if missing
+    num_points: int = 50_000  # size of the fixed training set for generated data
+
+
+@dataclass
+class ScheduleConfig:
+    num_levels: int = 6
+    logsnr_min: float = -5.1
+    logsnr_max: float = 9.8
+
+
+@dataclass
+class EnergyNetConfig:
+    """§5.2 (toy MLP, ``channel_mult`` = width multipliers) and §5.4 (image ResNet)."""
+
+    base_channels: int = 128
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 2])
+    blocks_per_resolution: int = 8  # image net only; the toy MLP has one block per width
+    temb_dim: int = 128
+    temb_hidden: int = 512
+    spectral_norm: bool = True
+
+
+@dataclass
+class InitializerConfig:
+    """§5.3 (toy residual MLP: ``base_channels`` = hidden width) and §5.5 (image UNet)."""
+
+    base_channels: int = 64
+    channel_mult: list[int] = field(default_factory=lambda: [1, 1, 1])
+    num_res_blocks: int = 3
+    attention_resolutions: list[int] = field(default_factory=lambda: [16, 8])
+    dropout: float = 0.1
+    temb_dim: int = 64
+    temb_hidden: int = 256
+    groups: int = 32
+
+
+@dataclass
+class ModelConfig:
+    energy_net: EnergyNetConfig = field(default_factory=EnergyNetConfig)
+    initializer: InitializerConfig = field(default_factory=InitializerConfig)
+    num_classes: int = 0  # > 0: class-conditional nets with a null label for guidance (§8)
+
+
+@dataclass
+class LangevinConfig:
+    """§3. ``step_rule`` picks κ_t: "toy" = 1/σ̄_0, "image" = σ̄_{t-1}/σ̄_0."""
+
+    num_steps: int = 15
+    step_rule: Literal["toy", "image"] = "image"
+    c0: float = 2e-4
+    step_multiplier: float = 1.0  # sz_mul: scales the step without changing the target density
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 1000
+    batch_size: int = 256  # global batch (split across data-parallel workers)
+    energy_lr: float = 1e-4
+    energy_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    energy_warmup: int = 10_000  # lr·min(1, k/warmup); the first update has lr 0 (§6)
+    initializer_lr: float = 1e-5
+    initializer_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    initializer_warmup: int = 10_000
+    initializer_warmup_offset: int = 500  # lr·min(1, (k+offset)/warmup) (§4)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    zero_grad: bool = True  # False reproduces the official toy's missing zero_grad (§12.1)
+    label_dropout: float = 0.1  # p_cond for class-conditional training (§8)
+    log_every: int = 100
+    eval_every: int = 0  # 0: evaluate only at the end
+    checkpoint_every: int = 0  # 0: checkpoint only at the end
+    time_budget_s: float = 0.0  # > 0: stop early (and checkpoint) once this much training time has passed
+
+
+@dataclass
+class GenerationConfig:
+    """§7. ``tweedie``: "faithful" divides by c0·κ_1·σ_1² (the official 2× score), "consistent" by s_1²."""
+
+    steps_per_level: int | None = None  # None: langevin.num_steps
+    tweedie: Literal["none", "faithful", "consistent"] = "faithful"
+    guidance_weight: float = 0.0
+    batch_size: int = 2500
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 10_000
+    plot: bool = True
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    langevin: LangevinConfig = field(default_factory=LangevinConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(annotation, value, key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, str):  # PyYAML reads "1e-3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for name, value in values.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name not in known:
+            raise ConfigError(f"unknown config key {key!r} (known under {prefix or 'top level'}: {', '.join(sorted(known))})")
+        kwargs[name] = _coerce(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in extra.items():
+        merged[k] = _deep_merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["train.batch_size=256", "run.name=x"]`` → nested dict, values parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    return tree
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    config = _build(Config, values, "")
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults ← YAML file ← overrides. Raises ConfigError naming the file or key."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        values = loaded
+    values = _deep_merge(values, parse_overrides(overrides or []))
+    return config_from_dict(values)
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict → {"train.batch_size": 256, ...} (for MLflow params and Tune spaces)."""
+    flat: dict[str, Any] = {}
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else k
+        if isinstance(v, dict):
+            flat.update(flatten(v, key))
+        else:
+            flat[key] = v
+    return flat
+
+
+def validate(config: Config) -> None:
+    """Range checks that a type cannot express; each error names its key, value and the rule."""
+    t, lv, sc = config.train, config.langevin, config.schedule
+    rules = [
+        ("train.iterations", t.iterations, t.iterations >= 0, ">= 0"),
+        ("train.batch_size", t.batch_size, t.batch_size >= 1, ">= 1"),
+        ("train.energy_lr", t.energy_lr, t.energy_lr > 0, "> 0"),
+        ("train.initializer_lr", t.initializer_lr, t.initializer_lr > 0, "> 0"),
+        ("train.grad_clip", t.grad_clip, t.grad_clip > 0, "> 0"),
+        ("train.ema_decay", t.ema_decay, 0 <= t.ema_decay < 1, "in [0, 1)"),
+        ("train.label_dropout", t.label_dropout, 0 <= t.label_dropout < 1, "in [0, 1)"),
+        ("train.energy_warmup", t.energy_warmup, t.energy_warmup >= 1, ">= 1"),
+        ("train.initializer_warmup", t.initializer_warmup, t.initializer_warmup >= 1, ">= 1"),
+        ("langevin.num_steps", lv.num_steps, lv.num_steps >= 0, ">= 0"),
+        ("langevin.c0", lv.c0, lv.c0 > 0, "> 0"),
+        ("langevin.step_multiplier", lv.step_multiplier, lv.step_multiplier > 0, "> 0"),
+        ("schedule.num_levels", sc.num_levels, sc.num_levels >= 1, ">= 1"),
+        ("schedule.logsnr_max", sc.logsnr_max, sc.logsnr_max > sc.logsnr_min, "> schedule.logsnr_min"),
+        ("data.num_points", config.data.num_points, config.data.num_points >= 1, ">= 1"),
+        ("eval.num_samples", config.eval.num_samples, config.eval.num_samples >= 1, ">= 1"),
+        ("model.num_classes", config.model.num_classes, config.model.num_classes >= 0, ">= 0"),
+        ("run.keep_checkpoints", config.run.keep_checkpoints, config.run.keep_checkpoints >= 1, ">= 1"),
+        ("run.name", config.run.name, bool(config.run.name) and "/" not in config.run.name, "non-empty, no '/'"),
+    ]
+    for key, value, ok, rule in rules:
+        if not ok:
+            raise ConfigError(f"{key}: {value!r} is invalid (must be {rule})")

@@ -1,0 +1,60 @@
+"""Build the schedule table, networks, objective and trainer from one Config."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cdrl.config import Config
+from cdrl.nets import build_energy_net, build_initializer
+from cdrl.objectives.cdrl import CooperativeRecoveryLikelihood
+from cdrl.schedule import LevelTable, NoiseSchedule
+from cdrl.training import OptimizerSpec, Trainer
+
+
+def build_levels(config: Config, device: torch.device | str = "cpu") -> LevelTable:
+    schedule = NoiseSchedule(config.schedule.num_levels, config.schedule.logsnr_min, config.schedule.logsnr_max)
+    lv = config.langevin
+    return schedule.table(lv.step_rule, lv.c0, lv.step_multiplier, device=device)
+
+
+def build_nets(config: Config, data_shape: tuple[int, ...], device: torch.device | str = "cpu") -> dict[str, nn.Module]:
+    return {
+        "energy_net": build_energy_net(config.model, data_shape).to(device),
+        "initializer": build_initializer(config.model, data_shape).to(device),
+    }
+
+
+def build_trainer(config: Config, nets: dict[str, nn.Module], levels: LevelTable) -> Trainer:
+    t = config.train
+    objective = CooperativeRecoveryLikelihood(
+        levels,
+        num_langevin_steps=config.langevin.num_steps,
+        label_dropout=t.label_dropout if config.model.num_classes else 0.0,
+    )
+    optimizers = {
+        "energy_net": OptimizerSpec("adam", t.energy_lr, tuple(t.energy_betas), t.energy_warmup),
+        "initializer": OptimizerSpec(
+            "adamw", t.initializer_lr, tuple(t.initializer_betas), t.initializer_warmup, t.initializer_warmup_offset
+        ),
+    }
+    return Trainer(nets, objective, optimizers, t.grad_clip, t.ema_decay, zero_grad=t.zero_grad)
+
+
+def nets_from_checkpoint(checkpoint: dict, device: torch.device | str = "cpu", use_ema: bool = True) -> tuple[Config, dict[str, nn.Module], tuple[int, ...]]:
+    """(config, {name: net in eval mode}, data_shape) from a checkpoint dict; EMA weights by default."""
+    from cdrl.config import config_from_dict
+    from cdrl.ema import EMA
+
+    config = config_from_dict(checkpoint["config"])
+    data_shape = tuple(checkpoint["data_shape"])
+    nets = build_nets(config, data_shape, device)
+    state = checkpoint["trainer"]
+    for name, net in nets.items():
+        net.load_state_dict(state["nets"][name])
+        if use_ema:
+            ema = EMA(net, config.train.ema_decay)
+            ema.load_state_dict(state["emas"][name])
+            nets[name] = ema.averaged_copy(net)
+        else:
+            nets[name] = net.eval().requires_grad_(False)
+    return config, nets, data_shape

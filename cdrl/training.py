@@ -1,0 +1,104 @@
+"""The training loop's step, identical for CDRL and every baseline (it calls the objective it is given).
+
+Per iteration (§6): zero grads → objective losses → one backward → per network: clip the total grad
+norm, optimizer step, LR-schedule step, EMA update.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from cdrl.ema import EMA
+from cdrl.objectives.base import Objective, unwrap
+
+
+@dataclass
+class OptimizerSpec:
+    """Adam/AdamW settings and the linear warm-up lr·min(1, (k + offset)/warmup) (§4, §6)."""
+
+    kind: str  # "adam" | "adamw"
+    lr: float
+    betas: tuple[float, float]
+    warmup: int
+    warmup_offset: int = 0
+    weight_decay: float = 0.0
+
+    def build(self, net: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        optimizer_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.kind]
+        kwargs = {"weight_decay": self.weight_decay} if self.kind == "adamw" else {}
+        optimizer = optimizer_cls(net.parameters(), lr=self.lr, betas=self.betas, eps=1e-8, **kwargs)
+        warmup, offset = self.warmup, self.warmup_offset
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + offset) / warmup))
+        return optimizer, schedule
+
+
+class Trainer:
+    """Owns the networks' optimizers, LR schedules and EMAs; ``step`` runs one training iteration."""
+
+    def __init__(
+        self,
+        nets: Mapping[str, nn.Module],
+        objective: Objective,
+        optimizers: Mapping[str, OptimizerSpec],
+        grad_clip: float,
+        ema_decay: float,
+        zero_grad: bool = True,
+    ):
+        missing = set(objective.network_names) - set(nets)
+        if missing:
+            raise ValueError(f"objective needs networks {sorted(missing)} that were not given")
+        self.nets = dict(nets)
+        self.objective = objective
+        self.grad_clip = grad_clip
+        self.zero_grad = zero_grad
+        self.optimizers, self.schedules, self.emas = {}, {}, {}
+        for name in objective.network_names:
+            self.optimizers[name], self.schedules[name] = optimizers[name].build(self.nets[name])
+            self.emas[name] = EMA(unwrap(self.nets[name]), ema_decay)
+        self.step_count = 0
+
+    def step(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.zero_grad:
+            for optimizer in self.optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+        out = self.objective(self.nets, x, labels)
+        total = sum(out.losses.values())
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"non-finite loss at step {self.step_count}: " + ", ".join(
+                f"{k}={v.item():.4g}" for k, v in out.losses.items()))
+        total.backward()
+        metrics = dict(out.metrics)
+        for name, optimizer in self.optimizers.items():
+            net = self.nets[name]
+            metrics[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+            metrics[f"lr/{name}"] = torch.tensor(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            self.schedules[name].step()
+            self.emas[name].update(unwrap(net))
+        self.step_count += 1
+        return metrics
+
+    def averaged(self, name: str) -> nn.Module:
+        """The EMA version of network ``name`` (a copy in eval mode), the default for sampling."""
+        return self.emas[name].averaged_copy(unwrap(self.nets[name]))
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step_count,
+            "nets": {k: unwrap(v).state_dict() for k, v in self.nets.items()},
+            "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
+            "schedules": {k: v.state_dict() for k, v in self.schedules.items()},
+            "emas": {k: v.state_dict() for k, v in self.emas.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step"]
+        for name, net in self.nets.items():
+            unwrap(net).load_state_dict(state["nets"][name])
+        for name in self.optimizers:
+            self.optimizers[name].load_state_dict(state["optimizers"][name])
+            self.schedules[name].load_state_dict(state["schedules"][name])
+            self.emas[name].load_state_dict(state["emas"][name])

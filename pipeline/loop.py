@@ -1,0 +1,132 @@
+"""The training loop run by every worker (one process locally, or each Ray Train worker).
+
+It knows nothing of Ray or MLflow: the caller passes a ``WorkerContext`` (rank, device, how to wrap a net
+for data parallelism) and ``LoopHooks`` (where metrics and checkpoints go). Randomness is keyed by
+(seed, rank, step), so N steps + resume + N steps equals 2N steps straight.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cdrl.checkpoint import build_checkpoint
+from cdrl.config import Config
+from cdrl.factory import build_levels, build_nets, build_trainer
+from cdrl.training import Trainer
+
+
+@dataclass
+class TrainingData:
+    """The worker's share of the dataset, in model space (float32), with optional int64 labels."""
+
+    x: torch.Tensor
+    labels: torch.Tensor | None = None
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
+
+
+@dataclass
+class WorkerContext:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    wrap: Callable[[nn.Module], nn.Module] = lambda net: net  # DDP under Ray Train
+    any_rank_flag: Callable[[bool], bool] = lambda flag: flag  # all-reduce of a stop flag across ranks
+
+
+@dataclass
+class LoopHooks:
+    log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
+    checkpoint: Callable[[int, dict, bool], None] = lambda step, checkpoint, final: None
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """One seed per (run seed, rank, step): resuming at step k replays exactly the randomness of step k."""
+    return (seed * 1_000_003 + rank * 10_007 + step) % (2**63 - 1)
+
+
+def metrics_to_floats(metrics: dict[str, torch.Tensor], num_levels: int) -> dict[str, float]:
+    """Scalars as they are; per-level vectors (length K) as ``name/level_t``; NaN (empty level) dropped."""
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        value = value.detach().float().cpu()
+        if value.numel() == 1:
+            out[name] = float(value)
+        else:
+            for t, v in enumerate(value.tolist(), start=1):
+                if not np.isnan(v):
+                    out[f"{name}/level_{t}"] = v
+    return out
+
+
+def per_worker_batch(config: Config, world_size: int) -> int:
+    batch = config.train.batch_size
+    if batch % world_size:
+        raise ValueError(f"train.batch_size={batch} must be divisible by the number of workers ({world_size})")
+    return batch // world_size
+
+
+def build_worker_trainer(config: Config, item_shape: tuple[int, ...], ctx: WorkerContext) -> Trainer:
+    """Nets are initialised from the run seed alone, so every rank starts from the same weights."""
+    torch.manual_seed(config.run.seed)
+    levels = build_levels(config, ctx.device)
+    nets = {name: ctx.wrap(net) for name, net in build_nets(config, item_shape, ctx.device).items()}
+    return build_trainer(config, nets, levels)
+
+
+def run_training(
+    config: Config,
+    data: TrainingData,
+    ctx: WorkerContext,
+    hooks: LoopHooks,
+    resume: dict | None = None,
+) -> Trainer:
+    """Train to ``train.iterations`` (or ``train.time_budget_s``), checkpointing through ``hooks``."""
+    trainer = build_worker_trainer(config, data.item_shape, ctx)
+    if resume is not None:
+        trainer.load_state_dict(resume["trainer"])
+    batch = per_worker_batch(config, ctx.world_size)
+    if batch > len(data.x):
+        raise ValueError(f"per-worker batch {batch} exceeds the worker's {len(data.x)} examples")
+    t = config.train
+    sampler = torch.Generator(device="cpu")
+    num_levels = config.schedule.num_levels
+    start, elapsed = trainer.step_count, 0.0
+    progress = tqdm(total=t.iterations, initial=start, desc=f"train {config.run.name}", disable=ctx.rank != 0,
+                    mininterval=2.0, unit="it")
+    window_start, window_steps = time.perf_counter(), 0
+    while trainer.step_count < t.iterations:
+        step = trainer.step_count
+        seed = step_seed(config.run.seed, ctx.rank, step)
+        torch.manual_seed(seed)
+        sampler.manual_seed(seed)
+        index = torch.randperm(len(data.x), generator=sampler)[:batch].to(data.x.device)
+        labels = data.labels[index] if data.labels is not None else None
+        metrics = trainer.step(data.x[index], labels)
+        progress.update(1)
+        window_steps += 1
+        done = trainer.step_count
+        if done % t.log_every == 0 or done == t.iterations:
+            now = time.perf_counter()
+            elapsed += now - window_start
+            floats = metrics_to_floats(metrics, num_levels)
+            floats["samples_per_s"] = window_steps * t.batch_size / max(now - window_start, 1e-9)
+            progress.set_postfix(ebm=f"{floats['energy_loss']:.3g}", init=f"{floats['initializer_loss']:.3g}")
+            hooks.log(done, floats)
+            window_start, window_steps = time.perf_counter(), 0
+            if t.time_budget_s > 0 and ctx.any_rank_flag(elapsed >= t.time_budget_s) and done < t.iterations:
+                progress.write(f"time budget of {t.time_budget_s:.0f}s reached at step {done}")
+                break
+        if t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.iterations:
+            hooks.checkpoint(done, build_checkpoint(trainer.state_dict(), config.to_dict(), data.item_shape), False)
+    progress.close()
+    hooks.checkpoint(trainer.step_count, build_checkpoint(trainer.state_dict(), config.to_dict(), data.item_shape), True)
+    return trainer

@@ -1,0 +1,101 @@
+"""Train a CDRL model.
+
+    python pipeline/train.py                                   # the fast 2-D toy, embedded default
+    python pipeline/train.py --config pipeline/configs/digits.yaml train.iterations=500 run.name=d1
+    python pipeline/train.py --config pipeline/configs/cifar10.yaml --dry-run
+
+Overrides are dotted ``section.key=value`` pairs (values parsed as YAML). Re-running with the same
+``run.name`` resumes from that run's latest checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python pipeline/train.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cdrl.checkpoint import FORMAT  # noqa: E402
+from cdrl.config import ConfigError, load_config  # noqa: E402
+from cdrl.nets import build_energy_net, build_initializer, count_parameters  # noqa: E402
+from pipeline.cli import REPO_ROOT, run_main, write_json  # noqa: E402
+
+DEFAULT_CONFIG = REPO_ROOT / "pipeline" / "configs" / "toy.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="pipeline/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.iterations=100")
+    parser.add_argument("--summary", metavar="OUT.json", help="write the run summary (checkpoint, step, metrics) here")
+    parser.add_argument("--dry-run", action="store_true", help="resolve the config, build both nets, print them; no training")
+    parser.add_argument("--backend", choices=["local"], default="local", help="where to train (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+KNOWN_SHAPES = {"digits": (1, 8, 8), "patches": (3, 32, 32), "cifar10": (3, 32, 32), "imagenet32": (3, 32, 32)}
+
+
+def data_shape_for(config) -> tuple[int, ...]:
+    """Item shape without loading the data: known datasets by name, otherwise the shards' manifest."""
+    from cdrl.data import TOY_DISTRIBUTIONS
+
+    if config.data.name in TOY_DISTRIBUTIONS:
+        return (2,)
+    if config.data.name in KNOWN_SHAPES:
+        return KNOWN_SHAPES[config.data.name]
+    if config.data.uri:
+        from pipeline.datasets.reader import load_manifest
+
+        return tuple(load_manifest(config.data.uri).item_shape)
+    raise ConfigError(f"data.name: unknown built-in dataset {config.data.name!r} and no data.uri given")
+
+
+def dry_run(config) -> dict:
+    shape = data_shape_for(config)
+    counts = {
+        "energy_net": count_parameters(build_energy_net(config.model, shape)),
+        "initializer": count_parameters(build_initializer(config.model, shape)),
+    }
+    return {"run_name": config.run.name, "dry_run": True, "checkpoint": None, "step": 0, "data_shape": list(shape),
+            "param_counts": counts, "metrics": {}, "config": config.to_dict(), "checkpoint_format": FORMAT}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        import yaml
+
+        summary = dry_run(config)
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        print(f"data shape: {tuple(summary['data_shape'])}")
+        for name, count in summary["param_counts"].items():
+            print(f"{name}: {count:,} parameters")
+    else:
+        from pipeline.local_backend import train_locally
+
+        summary = train_locally(config)
+        summary["param_counts"] = dry_run(config)["param_counts"]
+        print_summary(summary)
+    if args.summary:
+        write_json(args.summary, summary)
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    print(f"\nrun {summary['run_name']}: step {summary['step']} in {summary['train_seconds']:.0f}s")
+    for key, value in summary["metrics"].items():
+        print(f"  {key}: {value:.4g}")
+    print(f"  checkpoint: {summary['checkpoint']}")
+    for name, path in summary["artifacts"].items():
+        print(f"  {name}: {path}")
+
+
+if __name__ == "__main__":
+    from pipeline.datasets.reader import DatasetError
+
+    run_main(main, (ConfigError, DatasetError, FileNotFoundError, FloatingPointError))
