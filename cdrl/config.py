@@ -123,6 +123,26 @@ class EvalConfig:
 
 
 @dataclass
+class RayConfig:
+    """Ray Train scaling and fault tolerance (used by the pipeline; the library ignores it)."""
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2  # a lost worker costs at most one checkpoint interval, this many times
+    inject_crash_at_step: int = 0  # > 0: testing aid, a worker dies once at this step
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow. ``uri`` None: $MLFLOW_TRACKING_URI, else a sqlite file under run.output_dir."""
+
+    uri: str | None = None
+    experiment: str = "cdrl"
+    enabled: bool = True
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -132,6 +152,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -278,6 +300,9 @@ def validate(config: Config) -> None:
         ("data.num_points", config.data.num_points, config.data.num_points >= 1, ">= 1"),
         ("eval.num_samples", config.eval.num_samples, config.eval.num_samples >= 1, ">= 1"),
         ("model.num_classes", config.model.num_classes, config.model.num_classes >= 0, ">= 0"),
+        ("ray.num_workers", config.ray.num_workers, config.ray.num_workers >= 1, ">= 1"),
+        ("ray.cpus_per_worker", config.ray.cpus_per_worker, config.ray.cpus_per_worker > 0, "> 0"),
+        ("ray.max_failures", config.ray.max_failures, config.ray.max_failures >= -1, ">= -1 (-1: unlimited)"),
         ("run.keep_checkpoints", config.run.keep_checkpoints, config.run.keep_checkpoints >= 1, ">= 1"),
         ("run.name", config.run.name, bool(config.run.name) and "/" not in config.run.name, "non-empty, no '/'"),
     ]

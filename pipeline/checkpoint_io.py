@@ -8,6 +8,9 @@ from cdrl.checkpoint import load_checkpoint
 
 
 def read_checkpoint(uri: str) -> dict:
+    """``uri`` is a checkpoint file, or a Ray Train checkpoint folder holding checkpoint.pt."""
+    if not uri.endswith(".pt"):
+        uri = uri.rstrip("/") + "/checkpoint.pt"
     if not uri.startswith("s3://"):
         return load_checkpoint(uri)
     from pipeline.datasets.storage import read_bytes

@@ -46,6 +46,8 @@ class WorkerContext:
 class LoopHooks:
     log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
     checkpoint: Callable[[int, dict, bool], None] = lambda step, checkpoint, final: None
+    evaluate: Callable[[int, Trainer, bool], None] = lambda step, trainer, final: None  # every eval_every, and at the end
+    after_step: Callable[[int], None] = lambda step: None
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -82,14 +84,20 @@ def build_worker_trainer(config: Config, item_shape: tuple[int, ...], ctx: Worke
     return build_trainer(config, nets, levels)
 
 
+@dataclass
+class LoopResult:
+    trainer: Trainer
+    train_seconds: float  # time spent in training steps (evaluation and checkpoints excluded)
+
+
 def run_training(
     config: Config,
     data: TrainingData,
     ctx: WorkerContext,
     hooks: LoopHooks,
     resume: dict | None = None,
-) -> Trainer:
-    """Train to ``train.iterations`` (or ``train.time_budget_s``), checkpointing through ``hooks``."""
+) -> LoopResult:
+    """Train to ``train.iterations`` (or ``train.time_budget_s``), then evaluate and checkpoint once more."""
     trainer = build_worker_trainer(config, data.item_shape, ctx)
     if resume is not None:
         trainer.load_state_dict(resume["trainer"])
@@ -103,20 +111,27 @@ def run_training(
     progress = tqdm(total=t.iterations, initial=start, desc=f"train {config.run.name}", disable=ctx.rank != 0,
                     mininterval=2.0, unit="it")
     window_start, window_steps = time.perf_counter(), 0
+
+    def snapshot() -> dict:
+        extra = {"train_seconds": elapsed, "world_size": ctx.world_size}
+        return build_checkpoint(trainer.state_dict(), config.to_dict(), data.item_shape, extra)
+
     while trainer.step_count < t.iterations:
         step = trainer.step_count
+        step_start = time.perf_counter()
         seed = step_seed(config.run.seed, ctx.rank, step)
         torch.manual_seed(seed)
         sampler.manual_seed(seed)
         index = torch.randperm(len(data.x), generator=sampler)[:batch].to(data.x.device)
         labels = data.labels[index] if data.labels is not None else None
         metrics = trainer.step(data.x[index], labels)
+        elapsed += time.perf_counter() - step_start
         progress.update(1)
         window_steps += 1
         done = trainer.step_count
+        hooks.after_step(done)
         if done % t.log_every == 0 or done == t.iterations:
             now = time.perf_counter()
-            elapsed += now - window_start
             floats = metrics_to_floats(metrics, num_levels)
             floats["samples_per_s"] = window_steps * t.batch_size / max(now - window_start, 1e-9)
             progress.set_postfix(ebm=f"{floats['energy_loss']:.3g}", init=f"{floats['initializer_loss']:.3g}")
@@ -125,8 +140,11 @@ def run_training(
             if t.time_budget_s > 0 and ctx.any_rank_flag(elapsed >= t.time_budget_s) and done < t.iterations:
                 progress.write(f"time budget of {t.time_budget_s:.0f}s reached at step {done}")
                 break
+        if t.eval_every and done % t.eval_every == 0 and done < t.iterations:
+            hooks.evaluate(done, trainer, False)
         if t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.iterations:
-            hooks.checkpoint(done, build_checkpoint(trainer.state_dict(), config.to_dict(), data.item_shape), False)
+            hooks.checkpoint(done, snapshot(), False)
     progress.close()
-    hooks.checkpoint(trainer.step_count, build_checkpoint(trainer.state_dict(), config.to_dict(), data.item_shape), True)
-    return trainer
+    hooks.evaluate(trainer.step_count, trainer, True)
+    hooks.checkpoint(trainer.step_count, snapshot(), True)
+    return LoopResult(trainer, elapsed)

@@ -14,8 +14,8 @@ from pathlib import Path
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from pipeline.datasets.catalog import DATASET_NAMES, open_source  # noqa: E402
 from pipeline.datasets.errors import DatasetError, StorageError  # noqa: E402
-from pipeline.datasets.sources import DATASET_NAMES, open_source  # noqa: E402
 from pipeline.datasets.writer import write_dataset  # noqa: E402
 
 

@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not pipeline/ (see train.py)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -73,4 +73,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_main(main, (ConfigError, FileNotFoundError, ValueError))
+    from pipeline.datasets.errors import StorageError
+
+    run_main(main, (ConfigError, FileNotFoundError, ValueError, StorageError))

@@ -13,8 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python pipeline/train.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# Run as a script, Python puts pipeline/ first on sys.path, where pipeline/datasets would shadow the
+# `datasets` package: put the repository root there instead.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from cdrl.checkpoint import FORMAT  # noqa: E402
 from cdrl.config import ConfigError, load_config  # noqa: E402
@@ -32,7 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.iterations=100")
     parser.add_argument("--summary", metavar="OUT.json", help="write the run summary (checkpoint, step, metrics) here")
     parser.add_argument("--dry-run", action="store_true", help="resolve the config, build both nets, print them; no training")
-    parser.add_argument("--backend", choices=["local"], default="local", help="where to train (default: %(default)s)")
+    parser.add_argument("--backend", choices=["ray", "local"], default="ray",
+                        help="ray: Ray Train with ray.num_workers workers (joins a running cluster or starts one); "
+                             "local: this process only, no Ray, no MLflow (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -76,9 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         for name, count in summary["param_counts"].items():
             print(f"{name}: {count:,} parameters")
     else:
-        from pipeline.local_backend import train_locally
+        from pipeline.run_data import dataset_for_run
 
-        summary = train_locally(config)
+        data_uri, manifest = dataset_for_run(config)
+        if args.backend == "local":
+            from pipeline.local_backend import train_locally
+
+            summary = train_locally(config, data_uri, manifest)
+        else:
+            from pipeline.ray_backend import train_on_ray
+
+            summary = train_on_ray(config, data_uri, manifest)
         summary["param_counts"] = dry_run(config)["param_counts"]
         print_summary(summary)
     if args.summary:
@@ -96,6 +108,7 @@ def print_summary(summary: dict) -> None:
 
 
 if __name__ == "__main__":
-    from pipeline.datasets.reader import DatasetError
+    from pipeline.datasets.errors import DatasetError, StorageError
+    from pipeline.tracking import TrackingError
 
-    run_main(main, (ConfigError, DatasetError, FileNotFoundError, FloatingPointError))
+    run_main(main, (ConfigError, DatasetError, StorageError, TrackingError, FileNotFoundError, FloatingPointError))

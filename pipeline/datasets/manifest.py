@@ -156,6 +156,8 @@ class Manifest:
                 shards=shards,
                 provenance=fields.get("provenance", dict),
             )
+        except DatasetError:
+            raise
         except (KeyError, TypeError, ValueError) as error:
             raise DatasetError(f"{where}: malformed manifest entry ({type(error).__name__}: {error})") from error
         manifest.check_consistency(where)
@@ -186,11 +188,11 @@ class Manifest:
         shard_rows = sum(shard.num_rows for shard in self.shards)
         if shard_rows != self.num_rows:
             raise DatasetError(f"{where}: num_rows is {self.num_rows} but the shards list {shard_rows} rows")
-        if self.version != content_version(self, self.content_sha256):
+        if self.version != content_version(self):
             raise DatasetError(f"{where}: version {self.version} does not match the manifest's contents (hand-edited?)")
 
 
-def content_version(manifest: Manifest, content_sha256: dict[str, str]) -> str:
+def content_version(manifest: Manifest) -> str:
     """The dataset version id: sha256 over what the data means, independent of how it is sharded or encoded.
 
     It covers the per-column content hashes (sha256 of each column's values, in row order, as
@@ -206,7 +208,7 @@ def content_version(manifest: Manifest, content_sha256: dict[str, str]) -> str:
         "schema": manifest.schema,
         "num_classes": manifest.num_classes,
         "label_names": manifest.label_names,
-        "content_sha256": content_sha256,
+        "content_sha256": manifest.content_sha256,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 

@@ -104,7 +104,8 @@ def ray_dataset(uri: str, manifest: Manifest, columns: list[str] | None = None) 
     """A Ray Data dataset over exactly the manifest's shards, with ``data`` (+ ``label``) or ``columns``.
 
     Batches hold raw stored values: turn ``batch["data"]`` into model space with :func:`to_model_space`.
-    Pass it to ``TorchTrainer(datasets=...)`` and read it with ``ray.train.get_dataset_shard``.
+    Pass it to ``TorchTrainer(datasets=...)`` and read it with ``ray.train.get_dataset_shard``. Row order
+    is Ray Data's (not preserved unless ``DataContext.execution_options.preserve_order`` is set).
     """
     import ray.data
 

@@ -1,7 +1,8 @@
 """Raw inputs as a stream of row chunks: the built-in datasets, CIFAR-10 pickles and ImageNet32 npz batches.
 
 Every reader returns a :class:`Source`: the item shape, dtype and transform to model space, plus a
-function that yields the rows in a fixed order as :class:`Chunk` s, so large inputs never sit in memory whole.
+function that yields the rows in a fixed order as chunks, so large inputs never sit in memory whole.
+:mod:`pipeline.datasets.catalog` maps dataset names to these readers.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from cdrl.data import BUILTIN_DATASETS, load_builtin
+from cdrl.data import load_builtin
 from cdrl.data.toy2d import TOY_DISTRIBUTIONS
 from pipeline.datasets.checks import check_labels
 from pipeline.datasets.errors import DatasetError
@@ -28,7 +29,6 @@ BUILTIN_IMAGE_LEVELS = {"digits": 16, "patches": 255}
 CIFAR_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 CIFAR_FOLDER = "cifar-10-batches-py"
 IMAGENET32_CLASSES = 1000
-DATASET_NAMES = (*BUILTIN_DATASETS, "cifar10", "imagenet32", "image-folder")
 
 
 @dataclass(frozen=True)
@@ -60,37 +60,6 @@ class Source:
     attribute_names: list[str]
     chunks: Callable[[], Iterator[Chunk]]
     provenance: dict
-
-
-def open_source(
-    name: str,
-    source: str | None = None,
-    *,
-    num_points: int = 50_000,
-    seed: int = 0,
-    split: str = "train",
-    image_size: int = 32,
-    attributes: str | None = None,
-) -> Source:
-    """The :class:`Source` for dataset ``name``; DatasetError for unknown names or unusable inputs."""
-    if name not in DATASET_NAMES:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
-    if name in BUILTIN_DATASETS:
-        if source is not None:
-            raise DatasetError(f"dataset {name!r} is built in and takes no --source (got {source})")
-        return builtin_source(name, num_points, seed)
-    if source is None:
-        raise DatasetError(f"dataset {name!r} needs --source, the folder or file holding its raw files")
-    path = Path(source)
-    if not path.exists():
-        raise DatasetError(f"{path}: --source does not exist")
-    if name == "cifar10":
-        return cifar10_source(path, split)
-    if name == "imagenet32":
-        return imagenet32_source(path, split)
-    from pipeline.datasets.image_folder import image_folder_source
-
-    return image_folder_source(path, image_size, Path(attributes) if attributes else None)
 
 
 def builtin_source(name: str, num_points: int, seed: int) -> Source:

@@ -35,7 +35,8 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and the path inside it for a local path, ``file://`` URI or ``s3://`` URI."""
     if is_s3(uri):
         bucket_and_key = uri[len("s3://") :].rstrip("/")
-        return _s3_filesystem(bucket_and_key.split("/")[0], *_s3_settings()), bucket_and_key
+        with _storage_errors(uri, "cannot set up S3 access to"):
+            return _s3_filesystem(bucket_and_key.split("/")[0], *_s3_settings()), bucket_and_key
     if "://" in uri and not uri.startswith("file://"):
         raise StorageError(f"{uri}: unsupported storage scheme; use a local path or s3://bucket/prefix")
     local_path = uri[len("file://") :] if uri.startswith("file://") else uri

@@ -40,14 +40,14 @@ def test_train_n_checkpoint_resume_n_equals_2n(tiny_toy_config, tmp_path):
     data = toy_data()
     config = tiny_toy_config
     config.train.iterations = 12
-    straight = run_training(config, data, WorkerContext(), LoopHooks())
+    straight = run_training(config, data, WorkerContext(), LoopHooks()).trainer
 
     saved = {}
     config.train.iterations = 6
     run_training(config, data, WorkerContext(), LoopHooks(checkpoint=lambda s, c, final: saved.setdefault(s, c)))
     path = save_checkpoint(saved[6], tmp_path / "ckpt.pt")
     config.train.iterations = 12
-    resumed = run_training(config, data, WorkerContext(), LoopHooks(), resume=load_checkpoint(path))
+    resumed = run_training(config, data, WorkerContext(), LoopHooks(), resume=load_checkpoint(path)).trainer
     assert resumed.step_count == straight.step_count == 12
     assert torch.equal(_params(resumed), _params(straight))
     for name in straight.optimizers:
@@ -72,5 +72,6 @@ def test_time_budget_stops_early_with_a_final_checkpoint(tiny_toy_config):
     tiny_toy_config.train.iterations = 10_000
     tiny_toy_config.train.time_budget_s = 0.5
     seen = []
-    trainer = run_training(tiny_toy_config, toy_data(), WorkerContext(), LoopHooks(checkpoint=lambda s, c, f: seen.append(f)))
-    assert 0 < trainer.step_count < 10_000 and seen[-1] is True
+    result = run_training(tiny_toy_config, toy_data(), WorkerContext(), LoopHooks(checkpoint=lambda s, c, f: seen.append(f)))
+    assert 0 < result.trainer.step_count < 10_000 and seen[-1] is True
+    assert result.train_seconds >= 0.5

@@ -72,10 +72,11 @@ def test_cifar10_folder_and_tarball_read_back_exactly(cifar_folder, tmp_path: Pa
         x, labels = read_arrays(str(tmp_path / out))
         np.testing.assert_array_equal(x, to_model(np.concatenate([data for data, _ in train])))
         np.testing.assert_array_equal(labels, np.concatenate([batch_labels for _, batch_labels in train]))
-    folder_manifest, tar_manifest = load_manifest(str(tmp_path / "from_folder")), load_manifest(str(tmp_path / "from_tar"))
+    folder_manifest = load_manifest(str(tmp_path / "from_folder"))
+    tar_manifest = load_manifest(str(tmp_path / "from_tar"))
     assert folder_manifest.label_names == CIFAR_NAMES and folder_manifest.num_classes == 10
-    assert (folder_manifest.item_shape, folder_manifest.dtype, folder_manifest.value_range) == ((3, 32, 32), "uint8", (0, 255))
-    assert folder_manifest.model_range == (-1.0, 1.0)
+    assert (folder_manifest.item_shape, folder_manifest.dtype) == ((3, 32, 32), "uint8")
+    assert folder_manifest.value_range == (0, 255) and folder_manifest.model_range == (-1.0, 1.0)
     assert [shard.num_rows for shard in tar_manifest.shards] == [3, 4, 4, 4]
     assert folder_manifest.version == tar_manifest.version, "same content, different sharding: same version"
 
@@ -145,7 +146,8 @@ def test_image_folder_labels_pixels_and_attributes(image_folder: Path, tmp_path:
     x, labels = read_arrays(str(out))
     manifest = load_manifest(str(out))
     assert manifest.label_names == ["cat", "dog"] and labels.tolist() == [0, 0, 1, 1]
-    decoded = [np.asarray(Image.open(image_folder / name).convert("RGB")) for name in ("cat/a.png", "cat/b.PNG", "dog/c.jpg")]
+    names = ("cat/a.png", "cat/b.PNG", "dog/c.jpg")
+    decoded = [np.asarray(Image.open(image_folder / name).convert("RGB")) for name in names]
     for row, pixels in zip(x, decoded):
         np.testing.assert_array_equal(row, pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(127.5) - 1)
     stored = np.rint((x[3] + 1) * 127.5)
@@ -167,7 +169,8 @@ def test_image_folder_without_attribute_row_is_an_error(image_folder: Path, tmp_
 
 def test_same_inputs_same_bytes_and_version_new_content_new_version(tmp_path: Path) -> None:
     for out, seed in (("a", "0"), ("b", "0"), ("c", "1")):
-        prepare("--dataset", "8squares", "--num-points", "300", "--seed", seed, "--shards", "2", "--out", str(tmp_path / out))
+        prepare("--dataset", "8squares", "--num-points", "300", "--seed", seed, "--shards", "2",
+                "--out", str(tmp_path / out))
     first, again, other = (load_manifest(str(tmp_path / out)) for out in "abc")
     assert first.version == again.version != other.version
     for shard in first.shards:

@@ -1,0 +1,242 @@
+"""Data-parallel CDRL on Ray Train V2: the driver side (``train_on_ray``) and the worker side.
+
+Driver: validate data, storage and MLflow up front; connect to (or start) Ray; build a TorchTrainer whose
+RunConfig stores checkpoints under ``run.storage_path`` (a folder or s3://); re-running the same
+``run.name`` resumes from the latest checkpoint. Workers: read their share of the Parquet shards through
+Ray Data, wrap both nets in DDP (gloo on CPU, NCCL on GPU), run ``pipeline.loop.run_training``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cdrl.checkpoint import load_checkpoint, save_checkpoint
+from cdrl.config import Config, config_from_dict
+from pipeline.datasets.manifest import Manifest
+from pipeline.evaluation import evaluate
+from pipeline.loop import LoopHooks, TrainingData, WorkerContext, run_training
+from pipeline.tracking import RunLogger, start_run
+
+CHECKPOINT_FILE = "checkpoint.pt"
+READ_BATCH_ROWS = 8192
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def storage_root(config: Config) -> str:
+    """Where Ray Train keeps this run's checkpoints: s3://… as given, local folders made absolute."""
+    if config.run.storage_path and config.run.storage_path.startswith("s3://"):
+        return config.run.storage_path.rstrip("/")
+    return str(Path(config.run.storage_path or Path(config.run.output_dir) / "ray").absolute())
+
+
+def checkpoint_uri(config: Config, checkpoint_path: str) -> str:
+    """A user-facing URI of the checkpoint file inside a Ray checkpoint folder."""
+    prefix = "s3://" if storage_root(config).startswith("s3://") else ""
+    return f"{prefix}{checkpoint_path.rstrip('/')}/{CHECKPOINT_FILE}"
+
+
+def check_storage(config: Config) -> None:
+    """Fail before training when the checkpoint store is an unreachable or missing S3 bucket."""
+    root = storage_root(config)
+    if root.startswith("s3://"):
+        from pipeline.datasets import storage
+
+        storage.list_names(root)  # raises StorageError naming the URI
+
+
+def connect_ray() -> None:
+    """Join the running cluster (RAY_ADDRESS, `ray start`, `ray job submit`), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address="auto", log_to_driver=True)
+    except ConnectionError:
+        ray.init(log_to_driver=True)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's per-operator progress bars flood job logs; the training loop has its own."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+
+
+def train_on_ray(config: Config, data_uri: str, manifest: Manifest) -> dict[str, Any]:
+    from ray.data import ExecutionOptions
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipeline.datasets.reader import ray_dataset
+
+    check_storage(config)
+    tracking = None
+    if config.tracking.enabled:
+        tracking = start_run(config, {"dataset_version": manifest.version, "data_uri": data_uri})
+    connect_ray()
+    quiet_ray_data()
+    run_dir = Path(config.run.output_dir).absolute() / config.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = TorchTrainer(
+        train_loop_per_worker=worker_main,
+        train_loop_config={"config": config.to_dict(), "data_uri": data_uri, "manifest": manifest.to_json(),
+                           "tracking": tracking, "run_dir": str(run_dir)},
+        scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
+                                     resources_per_worker={"CPU": config.ray.cpus_per_worker}),
+        run_config=RunConfig(
+            name=config.run.name,
+            storage_path=storage_root(config),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=config.ray.max_failures),
+        ),
+        datasets={"train": ray_dataset(data_uri, manifest)},
+        dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
+    )
+    try:
+        result = trainer.fit()
+    except Exception:
+        if tracking:
+            RunLogger(*tracking).finish("FAILED")
+        raise
+    metrics = dict(result.metrics or {})
+    uri = checkpoint_uri(config, result.checkpoint.path) if result.checkpoint else None
+    if tracking:
+        logger = RunLogger(*tracking)
+        logger.set_tags({"checkpoint_uri": uri})
+        logger.finish()
+    return {
+        "run_name": config.run.name,
+        "backend": "ray",
+        "num_workers": config.ray.num_workers,
+        "checkpoint": uri,
+        "step": int(metrics.pop("step", 0)),
+        "train_seconds": float(metrics.pop("train_seconds", 0.0)),
+        "artifacts": {k.removeprefix("artifact/"): metrics.pop(k) for k in list(metrics) if k.startswith("artifact/")},
+        "metrics": {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")},
+        "mlflow": {"tracking_uri": tracking[0], "run_id": tracking[1]} if tracking else None,
+        "dataset_version": manifest.version,
+    }
+
+
+# ----------------------------------------------------------------------------------------------- worker
+def load_worker_data(manifest: Manifest, rank: int, world_size: int, device: torch.device) -> TrainingData:
+    """Stream the dataset through Ray Data and keep rows rank, rank + W, rank + 2W, … (deterministic).
+
+    Every worker sees the same ordered stream (preserve_order), so the split does not depend on timing and
+    a resumed run sees the same rows as the original one.
+    """
+    import ray.train
+
+    from pipeline.datasets.reader import to_model_space
+
+    quiet_ray_data()
+    shard = ray.train.get_dataset_shard("train")
+    xs, labels, offset = [], [], 0
+    for batch in shard.iter_batches(batch_size=READ_BATCH_ROWS, batch_format="numpy"):
+        rows = len(batch["data"])
+        keep = (np.arange(offset, offset + rows) % world_size) == rank
+        offset += rows
+        xs.append(to_model_space(batch["data"][keep], manifest))
+        if "label" in batch:
+            labels.append(np.asarray(batch["label"][keep], dtype=np.int64))
+    x = torch.from_numpy(np.concatenate(xs)).to(device)
+    y = torch.from_numpy(np.concatenate(labels)).to(device) if labels else None
+    return TrainingData(x, y)
+
+
+def silence_report_lines() -> None:
+    """Ray Train logs every report's full metrics dict at INFO from each worker, under a logger named by
+    its file path; the training loop prints its own progress."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def _any_rank(flag: bool) -> bool:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def _resume_state() -> dict | None:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+
+
+def worker_main(loop_config: dict[str, Any]) -> None:
+    """The function every Ray Train worker runs."""
+    import ray.train
+    import ray.train.torch
+
+    config = config_from_dict(loop_config["config"])
+    manifest = Manifest.from_json(loop_config["manifest"], loop_config["data_uri"])
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    data = load_worker_data(manifest, rank, world_size, device)
+    ctx = WorkerContext(rank=rank, world_size=world_size, device=device,
+                        wrap=lambda net: ray.train.torch.prepare_model(net, move_to_device=device),
+                        any_rank_flag=_any_rank)
+    silence_report_lines()
+    logger = RunLogger(*loop_config["tracking"]) if rank == 0 and loop_config["tracking"] else None
+    run_dir = Path(loop_config["run_dir"])
+    last_metrics: dict[str, float] = {}
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        last_metrics.clear()
+        last_metrics.update(metrics)
+        if logger:
+            logger.log_metrics(step, metrics)
+        ray.train.report({"step": step, **metrics})
+
+    final_eval: dict[str, Any] = {}
+
+    def evaluate_now(step: int, trainer, final: bool) -> None:
+        """Rank 0 samples with the EMA nets, logs metrics and images; the final one goes into the report."""
+        if rank != 0:
+            return
+        tag = "final" if final else f"step_{step:08d}"
+        metrics, artifacts = evaluate(config, trainer.averaged("energy_net"), trainer.averaged("initializer"),
+                                      trainer.objective.levels, data.item_shape, run_dir, device, tag=tag)
+        if logger:
+            logger.log_metrics(step, {f"eval/{k}": v for k, v in metrics.items()})
+            for path in artifacts.values():
+                if Path(path).suffix == ".png":
+                    logger.log_artifact(path, f"images/step_{step:08d}")
+        if final:
+            final_eval.update({f"eval/{k}": v for k, v in metrics.items()})
+            final_eval.update({f"artifact/{k}": str(v) for k, v in artifacts.items()})
+
+    def checkpoint(step: int, state: dict, final: bool) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            saved = None
+            if rank == 0:
+                save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
+                saved = ray.train.Checkpoint.from_directory(folder)
+            extra = {"train_seconds": state["extra"]["train_seconds"], **final_eval} if final else {}
+            ray.train.report({"step": step, **last_metrics, **extra}, checkpoint=saved)
+
+    def crash_once(step: int) -> None:
+        marker = run_dir / f".crash_injected_at_{step}"
+        if step == config.ray.inject_crash_at_step and rank == world_size - 1 and not marker.exists():
+            marker.touch()
+            os._exit(1)  # a lost worker: Ray Train restarts the group from the last checkpoint
+
+    hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_now, after_step=crash_once)
+    run_training(config, data, ctx, hooks, resume=_resume_state())

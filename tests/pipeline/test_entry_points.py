@@ -1,0 +1,98 @@
+"""The command lines of pipeline/train.py and pipeline/sample.py, run as a user runs them."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import TINY_TOY
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(REPO / "pipeline" / script), *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.mark.parametrize(("config", "counts"), [
+    ("toy_official.yaml", (1_217_920, 58_432)),
+    ("cifar10.yaml", (34_833_152, 3_769_795)),
+    ("toy.yaml", None),
+    ("digits.yaml", None),
+])
+def test_dry_run_prints_and_writes_param_counts(config, counts, tmp_path):
+    summary_path = tmp_path / "s.json"
+    proc = run("train.py", "--config", f"pipeline/configs/{config}", "--dry-run", "--summary", str(summary_path))
+    summary = json.loads(summary_path.read_text())
+    assert {"run_name", "checkpoint", "step", "param_counts", "metrics"} <= set(summary)
+    if counts:
+        assert (summary["param_counts"]["energy_net"], summary["param_counts"]["initializer"]) == counts
+        assert f"{counts[0]:,}" in proc.stdout
+
+
+def test_train_then_sample_local(tmp_path):
+    summary_path = tmp_path / "s.json"
+    run("train.py", "--backend", "local", *TINY_TOY, "train.iterations=10", f"run.output_dir={tmp_path}",
+        "run.name=cli", "--summary", str(summary_path))
+    summary = json.loads(summary_path.read_text())
+    assert summary["step"] == 10 and Path(summary["checkpoint"]).is_file()
+    assert {"in_support", "balance", "mmd_bw1"} <= set(summary["metrics"])
+    out = tmp_path / "samples.npy"
+    proc = run("sample.py", "--checkpoint", summary["checkpoint"], "--num-samples", "30", "--out", str(out),
+               "--steps-per-level", "2", "--seed", "1", "--grid", str(tmp_path / "g.png"))
+    samples = np.load(out)
+    assert samples.shape == (30, 2) and samples.dtype == np.float32 and np.isfinite(samples).all()
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote 30 samples" in proc.stdout
+
+
+def test_rerun_same_name_resumes(tmp_path):
+    common = ["--backend", "local", *TINY_TOY, f"run.output_dir={tmp_path}", "run.name=resume"]
+    run("train.py", *common, "train.iterations=5")
+    proc = run("train.py", *common, "train.iterations=8", "--summary", str(tmp_path / "s.json"))
+    assert "resuming resume" in proc.stdout and "(step 5)" in proc.stdout
+    assert json.loads((tmp_path / "s.json").read_text())["step"] == 8
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train.bogus=1"], "train.bogus"),
+    (["--config", "nope.yaml"], "nope.yaml"),
+    (["train.batch_size=-3"], "train.batch_size"),
+])
+def test_bad_input_is_one_line_and_nonzero(args, message):
+    proc = run("train.py", "--dry-run", *args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_sample_from_missing_checkpoint(tmp_path):
+    proc = run("sample.py", "--checkpoint", str(tmp_path / "none.pt"), "--num-samples", "2", "--out",
+               str(tmp_path / "x.npy"), check=False)
+    assert proc.returncode == 2 and "none.pt" in proc.stderr
+
+
+@pytest.mark.parametrize(("dataset", "shape"), [("digits", (1, 8, 8)), ("patches", (3, 32, 32))])
+def test_image_nets_train_a_few_iterations(dataset, shape, tmp_path):
+    from cdrl.config import load_config
+    from pipeline.local_backend import train_locally
+
+    config = load_config(REPO / "pipeline/configs/digits.yaml", [
+        f"data.name={dataset}", "data.num_points=64", "train.iterations=3", "train.batch_size=8", "train.log_every=1",
+        "model.energy_net.base_channels=8", "model.energy_net.blocks_per_resolution=1", "model.energy_net.temb_hidden=32",
+        "model.initializer.base_channels=16", "model.initializer.attention_resolutions=[16, 4]", "langevin.num_steps=2",
+        "eval.num_samples=4", "generation.batch_size=4", f"run.output_dir={tmp_path}", f"run.name={dataset}",
+    ])
+    summary = train_locally(config)
+    assert summary["step"] == 3 and summary["metrics"]["sample_nan_fraction"] == 0.0
+    assert np.load(summary["artifacts"]["samples"]).shape == (4, *shape)
+    assert Path(summary["artifacts"]["grid"]).is_file()
