@@ -1,15 +1,11 @@
 """The dataset reader: exact round trips, and one clear DatasetError for every way a dataset can be bad."""
 from __future__ import annotations
 
-import hashlib
-import json
 import socket
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline.datasets import (
@@ -23,6 +19,7 @@ from pipeline.datasets import (
 from pipeline.datasets.manifest import ModelTransform
 from pipeline.datasets.sources import UINT8_TO_MODEL, in_memory_source
 from pipeline.datasets.writer import write_dataset
+from tests.pipeline.dataset_edits import data_table, edit_manifest, replace_shard
 
 IMAGE_SHAPE = (3, 4, 4)
 
@@ -47,35 +44,6 @@ def points(tmp_path: Path) -> tuple[Path, np.ndarray]:
     source = in_memory_source(values, (2,), None, ModelTransform(), None, name="pts", origin="test", provenance={})
     write_dataset(source, str(tmp_path / "points"), num_shards=1)
     return tmp_path / "points", values
-
-
-def data_table(values: np.ndarray, labels: np.ndarray | None = None) -> pa.Table:
-    """A shard table with a fixed-size-list ``data`` column (and ``label``) holding ``values`` row by row."""
-    columns = {"data": pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])}
-    if labels is not None:
-        columns["label"] = pa.array(labels, type=pa.int64())
-    return pa.table(columns)
-
-
-def edit_manifest(dataset: Path, edit) -> None:
-    """Apply ``edit`` to the parsed manifest.json and write it back."""
-    raw = json.loads((dataset / "manifest.json").read_text())
-    edit(raw)
-    (dataset / "manifest.json").write_text(json.dumps(raw))
-
-
-def replace_shard(dataset: Path, table: pa.Table, index: int = 0) -> str:
-    """Swap shard ``index`` for ``table``, updating its sha256 and row counts so the hash check passes."""
-    name = json.loads((dataset / "manifest.json").read_text())["shards"][index]["path"]
-    pq.write_table(table, dataset / name)
-
-    def edit(raw: dict) -> None:
-        shard = raw["shards"][index]
-        raw["num_rows"] += table.num_rows - shard["num_rows"]
-        shard.update(num_rows=table.num_rows, sha256=hashlib.sha256((dataset / name).read_bytes()).hexdigest())
-
-    edit_manifest(dataset, edit)
-    return name
 
 
 def test_round_trip_is_exact(images, points) -> None:
