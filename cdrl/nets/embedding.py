@@ -47,3 +47,28 @@ def null_labels_if_missing(labels: torch.Tensor | None, batch: int, device: torc
     if labels is None:
         return torch.zeros(batch, dtype=torch.long, device=device)
     return labels
+
+
+class TimeLabelEmbedding(nn.Module):
+    """temb = Linear → act → Linear of sinusoid(λ) (§5.1), plus Linear(one_hot(label)) when conditional (§8).
+
+    The energy nets use spectral norm and leaky ReLU (§5.2, §5.4); the initializers plain layers and SiLU
+    (§5.3, §5.5).
+    """
+
+    def __init__(self, sinusoid_dim: int, out_dim: int, activation: nn.Module, spectral_norm: bool = False,
+                 num_classes: int = 0):
+        super().__init__()
+        self.sinusoid_dim = sinusoid_dim
+        self.mlp = nn.Sequential(
+            maybe_spectral_norm(nn.Linear(sinusoid_dim, out_dim), spectral_norm),
+            activation,
+            maybe_spectral_norm(nn.Linear(out_dim, out_dim), spectral_norm),
+        )
+        self.label_embedding = LabelEmbedding(num_classes, out_dim, spectral_norm) if num_classes else None
+
+    def forward(self, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        temb = self.mlp(sinusoidal_embedding(logsnr, self.sinusoid_dim))
+        if self.label_embedding is not None:
+            temb = temb + self.label_embedding(null_labels_if_missing(labels, len(logsnr), logsnr.device))
+        return temb

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cdrl.nets.embedding import LabelEmbedding, maybe_spectral_norm, null_labels_if_missing, sinusoidal_embedding
+from cdrl.nets.embedding import TimeLabelEmbedding, maybe_spectral_norm
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -60,13 +60,7 @@ class ImageEnergyNet(nn.Module):
         num_classes: int = 0,
     ):
         super().__init__()
-        self.temb_dim = temb_dim
-        self.temb = nn.Sequential(
-            maybe_spectral_norm(nn.Linear(temb_dim, temb_hidden), spectral_norm),
-            nn.LeakyReLU(0.2),
-            maybe_spectral_norm(nn.Linear(temb_hidden, temb_hidden), spectral_norm),
-        )
-        self.label_embedding = LabelEmbedding(num_classes, temb_hidden, spectral_norm) if num_classes else None
+        self.time_embedding = TimeLabelEmbedding(temb_dim, temb_hidden, nn.LeakyReLU(0.2), spectral_norm, num_classes)
         self.input = _conv3x3(in_channels, base_channels, spectral_norm)
         self.resolutions = nn.ModuleList()
         channels = base_channels
@@ -80,9 +74,7 @@ class ImageEnergyNet(nn.Module):
 
     def condition(self, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Per-block time features (B, C, 1, 1) in block order, then the head vector (B, C_last)."""
-        temb = self.temb(sinusoidal_embedding(logsnr, self.temb_dim))
-        if self.label_embedding is not None:
-            temb = temb + self.label_embedding(null_labels_if_missing(labels, len(logsnr), logsnr.device))
+        temb = self.time_embedding(logsnr, labels)
         block_features = [block.time_features(temb) for blocks in self.resolutions for block in blocks]
         return [*block_features, self.head_time_proj(_lrelu(temb))]
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cdrl.nets.embedding import LabelEmbedding, maybe_spectral_norm, null_labels_if_missing, sinusoidal_embedding
+from cdrl.nets.embedding import TimeLabelEmbedding, maybe_spectral_norm
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -46,13 +46,7 @@ class ToyEnergyNet(nn.Module):
         num_classes: int = 0,
     ):
         super().__init__()
-        self.temb_dim = temb_dim
-        self.temb = nn.Sequential(
-            maybe_spectral_norm(nn.Linear(temb_dim, temb_hidden), spectral_norm),
-            nn.LeakyReLU(0.2),
-            maybe_spectral_norm(nn.Linear(temb_hidden, temb_hidden), spectral_norm),
-        )
-        self.label_embedding = LabelEmbedding(num_classes, temb_hidden, spectral_norm) if num_classes else None
+        self.time_embedding = TimeLabelEmbedding(temb_dim, temb_hidden, nn.LeakyReLU(0.2), spectral_norm, num_classes)
         self.input = maybe_spectral_norm(nn.Linear(data_dim, base_width), spectral_norm)
         widths = [base_width] + [base_width * m for m in width_mult]
         self.blocks = nn.ModuleList(
@@ -61,9 +55,7 @@ class ToyEnergyNet(nn.Module):
         self.head = nn.Linear(widths[-1], 1, bias=False)
 
     def condition(self, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
-        temb = self.temb(sinusoidal_embedding(logsnr, self.temb_dim))
-        if self.label_embedding is not None:
-            temb = temb + self.label_embedding(null_labels_if_missing(labels, len(logsnr), logsnr.device))
+        temb = self.time_embedding(logsnr, labels)
         return [block.time_features(temb) for block in self.blocks]
 
     def energy(self, y: torch.Tensor, condition: list[torch.Tensor]) -> torch.Tensor:
@@ -89,18 +81,14 @@ class ToyInitializer(nn.Module):
         num_classes: int = 0,
     ):
         super().__init__()
-        self.temb_dim = temb_dim
-        self.temb = nn.Sequential(nn.Linear(temb_dim, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        self.label_embedding = LabelEmbedding(num_classes, temb_dim) if num_classes else None
+        self.time_embedding = TimeLabelEmbedding(temb_dim, temb_dim, nn.SiLU(), num_classes=num_classes)
         self.input = nn.Linear(data_dim, hidden)
         self.blocks = nn.ModuleList(_InitializerBlock(hidden, temb_dim, groups) for _ in range(num_blocks))
         self.output = nn.Linear(hidden, data_dim, bias=False)
         nn.init.zeros_(self.output.weight)
 
     def forward(self, x_t: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        temb = self.temb(sinusoidal_embedding(logsnr, self.temb_dim))
-        if self.label_embedding is not None:
-            temb = temb + self.label_embedding(null_labels_if_missing(labels, len(logsnr), logsnr.device))
+        temb = self.time_embedding(logsnr, labels)
         h = self.input(x_t)
         for block in self.blocks:
             h = block(h, temb)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cdrl.nets.embedding import LabelEmbedding, null_labels_if_missing, sinusoidal_embedding
+from cdrl.nets.embedding import TimeLabelEmbedding
 
 
 def _zero_weight(conv: nn.Conv2d) -> nn.Conv2d:
@@ -141,9 +141,7 @@ class UNetInitializer(nn.Module):
         image_size: int = 32,
     ):
         super().__init__()
-        self.temb_dim = temb_dim
-        self.temb = nn.Sequential(nn.Linear(temb_dim, temb_hidden), nn.SiLU(), nn.Linear(temb_hidden, temb_hidden))
-        self.label_embedding = LabelEmbedding(num_classes, temb_hidden) if num_classes else None
+        self.time_embedding = TimeLabelEmbedding(temb_dim, temb_hidden, nn.SiLU(), num_classes=num_classes)
         self.input = nn.Conv2d(in_channels, base_channels, 3, padding=1)
 
         def res_attn(in_ch: int, out_ch: int, size: int) -> _ResAttnBlock:
@@ -189,9 +187,7 @@ class UNetInitializer(nn.Module):
         self.output = _zero_weight(nn.Conv2d(channels, in_channels, 3, padding=1))
 
     def forward(self, x_t: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        temb = self.temb(sinusoidal_embedding(logsnr, self.temb_dim))
-        if self.label_embedding is not None:
-            temb = temb + self.label_embedding(null_labels_if_missing(labels, len(logsnr), logsnr.device))
+        temb = self.time_embedding(logsnr, labels)
         h = self.input(x_t)
         skips = [h]
         for level in self.down:
