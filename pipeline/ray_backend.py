@@ -159,12 +159,13 @@ def silence_report_lines() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-def _any_rank(flag: bool) -> bool:
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when it is true on any (so all ranks stop at the same step)."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
         return flag
-    value = torch.tensor([1.0 if flag else 0.0])
+    value = torch.tensor([1.0 if flag else 0.0], device=device)  # NCCL reduces only CUDA tensors
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
@@ -192,7 +193,7 @@ def worker_main(loop_config: dict[str, Any]) -> None:
     data = load_worker_data(manifest, rank, world_size, device)
     ctx = WorkerContext(rank=rank, world_size=world_size, device=device,
                         wrap=lambda net: ray.train.torch.prepare_model(net, move_to_device=device),
-                        any_rank_flag=_any_rank)
+                        any_rank_flag=lambda flag: any_rank(flag, device))
     silence_report_lines()
     logger = RunLogger(*loop_config["tracking"]) if rank == 0 and loop_config["tracking"] else None
     run_dir = Path(loop_config["run_dir"])

@@ -54,6 +54,9 @@ def loggable_params(config: Config) -> dict[str, str]:
 
 
 def git_commit() -> str:
+    """The checkout's commit; images without .git pass it as the GIT_COMMIT environment variable."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                               cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "unknown"

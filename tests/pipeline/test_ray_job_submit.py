@@ -32,6 +32,8 @@ def ray_head(tmp_path):
     # Ray 2.60 turns token authentication on for local clusters; the CLI needs the mode set to send the
     # token from ~/.ray/auth_token (created on first use). The README gives users the same export.
     env["RAY_AUTH_MODE"] = "token"
+    token = subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], capture_output=True, env=env, timeout=60)
+    assert token.returncode == 0, token.stderr
     dashboard = free_port()
     start = subprocess.run(
         [str(BIN / "ray"), "start", "--head", f"--port={free_port()}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
