@@ -85,6 +85,7 @@ def test_sample_from_missing_checkpoint(tmp_path):
 def test_image_nets_train_a_few_iterations(dataset, shape, tmp_path):
     from cdrl.config import load_config
     from pipeline.local_backend import train_locally
+    from pipeline.run_data import dataset_for_run
 
     config = load_config(REPO / "pipeline/configs/digits.yaml", [
         f"data.name={dataset}", "data.num_points=64", "train.iterations=3", "train.batch_size=8", "train.log_every=1",
@@ -92,7 +93,7 @@ def test_image_nets_train_a_few_iterations(dataset, shape, tmp_path):
         "model.initializer.base_channels=16", "model.initializer.attention_resolutions=[16, 4]", "langevin.num_steps=2",
         "eval.num_samples=4", "generation.batch_size=4", f"run.output_dir={tmp_path}", f"run.name={dataset}",
     ])
-    summary = train_locally(config)
+    summary = train_locally(config, *dataset_for_run(config))
     assert summary["step"] == 3 and summary["metrics"]["sample_nan_fraction"] == 0.0
     assert np.load(summary["artifacts"]["samples"]).shape == (4, *shape)
     assert Path(summary["artifacts"]["grid"]).is_file()
