@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--json", default=str(REPO / "benchmarks/results/data_parallel_toy.json"))
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(args.config, args.iterations, args.overrides, "local", 1, Path(tmp))]
         rows += [run(args.config, args.iterations, args.overrides, "ray", n, Path(tmp)) for n in args.workers]

@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=["ray", "local"], default="ray",
                         help="ray: Ray Train with ray.num_workers workers (joins a running cluster or starts one); "
                              "local: this process only, no Ray, no MLflow (default: %(default)s)")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
 
 
 KNOWN_SHAPES = {"digits": (1, 8, 8), "patches": (3, 32, 32), "cifar10": (3, 32, 32), "imagenet32": (3, 32, 32)}

@@ -97,3 +97,11 @@ def test_image_nets_train_a_few_iterations(dataset, shape, tmp_path):
     assert summary["step"] == 3 and summary["metrics"]["sample_nan_fraction"] == 0.0
     assert np.load(summary["artifacts"]["samples"]).shape == (4, *shape)
     assert Path(summary["artifacts"]["grid"]).is_file()
+
+
+def test_overrides_before_and_after_options(tmp_path):
+    summary_path = tmp_path / "s.json"
+    run("train.py", "train.iterations=3", "--config", "pipeline/configs/digits.yaml", "run.name=mixed", "--dry-run",
+        "--summary", str(summary_path))
+    config = json.loads(summary_path.read_text())["config"]
+    assert (config["train"]["iterations"], config["run"]["name"], config["data"]["name"]) == (3, "mixed", "digits")
