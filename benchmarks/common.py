@@ -13,6 +13,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 import torch
 
+from pipeline.cli import write_json
 from pipeline.loop import TrainingData, step_seed
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -136,6 +137,14 @@ def utc_timestamp() -> str:
 def default_json_path(benchmark: str, config_path: str) -> Path:
     """benchmarks/results/BENCHMARK_CONFIGSTEM.json"""
     return RESULTS_DIR / f"{benchmark}_{Path(config_path).stem}.json"
+
+
+def save_report(report: dict[str, Any], json_path: str | None, benchmark: str, config_path: str) -> Path:
+    """Write the report to ``json_path`` (default: :func:`default_json_path`) and say where."""
+    out = Path(json_path) if json_path else default_json_path(benchmark, config_path)
+    write_json(out, report)
+    print(f"wrote {out}")
+    return out
 
 
 def format_table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -19,6 +19,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipeline.cli import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -62,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {"benchmark": "data_parallel", "timestamp": datetime.now(timezone.utc).isoformat(),
                "config": args.config, "overrides": args.overrides, "iterations": args.iterations,
                "cpu_count": os.cpu_count(), "rows": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    write_json(args.json, payload)
     print(f"wrote {args.json}")
     return 0
 

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    BenchmarkError, check_batch, default_json_path, format_cell, format_table, machine_info, seeded_batch, setup_torch,
+    BenchmarkError, check_batch, format_cell, format_table, machine_info, save_report, seeded_batch, setup_torch,
     summarize, timed, utc_timestamp, warn_if_busy,
 )
 from cdrl.config import Config, ConfigError, load_config  # noqa: E402
@@ -33,7 +33,7 @@ from cdrl.data import BUILTIN_DATASETS, load_builtin  # noqa: E402
 from cdrl.generation import generate_in_batches  # noqa: E402
 from cdrl.nets import count_parameters  # noqa: E402
 from cdrl.training import Trainer  # noqa: E402
-from pipeline.cli import run_main, write_json  # noqa: E402
+from pipeline.cli import run_main  # noqa: E402
 from pipeline.loop import TrainingData, WorkerContext, build_worker_trainer  # noqa: E402
 from pipeline.train import data_shape_for  # noqa: E402
 
@@ -202,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     report = run_benchmark(args)
     print_report(report)
-    out = Path(args.json) if args.json else default_json_path("step_time", args.config)
-    write_json(out, report)
-    print(f"wrote {out}")
+    save_report(report, args.json, "step_time", args.config)
     return 0
 
 

@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    BenchmarkError, check_batch, default_json_path, format_table, machine_info, seeded_batch, setup_torch, synchronize,
+    BenchmarkError, check_batch, format_table, machine_info, save_report, seeded_batch, setup_torch, synchronize,
     utc_timestamp, warn_if_busy,
 )
 from cdrl.config import Config, ConfigError, load_config  # noqa: E402
@@ -38,7 +38,7 @@ from cdrl.data import TOY_DISTRIBUTIONS, sample_toy  # noqa: E402
 from cdrl.generation import generate_in_batches  # noqa: E402
 from cdrl.metrics.toy import mmd_key, toy_report  # noqa: E402
 from cdrl.training import Trainer  # noqa: E402
-from pipeline.cli import REPO_ROOT, run_main, write_json  # noqa: E402
+from pipeline.cli import REPO_ROOT, run_main  # noqa: E402
 from pipeline.evaluation import HELD_OUT_SEED_OFFSET, held_out_reference  # noqa: E402
 from pipeline.loop import TrainingData, WorkerContext, build_worker_trainer, step_seed  # noqa: E402
 
@@ -257,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     curve = train_and_evaluate(trainer, data, config, evaluate, bar, args.budget_s, args.eval_every_s, device)
     report = build_report(args, config, bar, curve, device, machine)
     print_report(report)
-    out = Path(args.json) if args.json else default_json_path("toy_quality", args.config)
-    write_json(out, report)
-    print(f"wrote {out}")
+    save_report(report, args.json, "toy_quality", args.config)
     return 0
 
 

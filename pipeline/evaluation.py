@@ -61,3 +61,10 @@ def evaluate(
     elif len(data_shape) == 3:
         artifacts["grid"] = image_grid_png(samples_np[:64], out_dir / f"samples_{tag}.png")
     return metrics, artifacts
+
+
+def evaluate_trainer(config: Config, trainer, data_shape: tuple[int, ...], out_dir: str | Path, step: int,
+                     final: bool, device: torch.device | str = "cpu") -> tuple[dict[str, float], dict[str, Path]]:
+    """``evaluate`` on a Trainer's EMA nets, files tagged "final" or "step_XXXXXXXX"."""
+    return evaluate(config, trainer.averaged("energy_net"), trainer.averaged("initializer"), trainer.objective.levels,
+                    data_shape, out_dir, device, tag="final" if final else f"step_{step:08d}")

@@ -9,7 +9,7 @@ import torch
 from cdrl.config import Config
 from pipeline.datasets.manifest import Manifest
 from pipeline.datasets.reader import read_arrays
-from pipeline.evaluation import evaluate
+from pipeline.evaluation import evaluate_trainer
 from pipeline.local_checkpoints import LocalCheckpointDir
 from pipeline.loop import LoopHooks, TrainingData, WorkerContext, run_training
 
@@ -45,10 +45,7 @@ def train_locally(config: Config, data_uri: str, manifest: Manifest) -> dict:
     evaluation: dict = {}
 
     def evaluate_now(step: int, trainer, final: bool) -> None:
-        tag = "final" if final else f"step_{step:08d}"
-        evaluation["metrics"], evaluation["artifacts"] = evaluate(
-            config, trainer.averaged("energy_net"), trainer.averaged("initializer"), trainer.objective.levels,
-            data.item_shape, out, tag=tag)
+        evaluation["metrics"], evaluation["artifacts"] = evaluate_trainer(config, trainer, data.item_shape, out, step, final)
 
     hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_now)
     result = run_training(config, data, WorkerContext(), hooks, resume)

@@ -55,7 +55,7 @@ def step_seed(seed: int, rank: int, step: int) -> int:
     return (seed * 1_000_003 + rank * 10_007 + step) % (2**63 - 1)
 
 
-def metrics_to_floats(metrics: dict[str, torch.Tensor], num_levels: int) -> dict[str, float]:
+def metrics_to_floats(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
     """Scalars as they are; per-level vectors (length K) as ``name/level_t``; NaN (empty level) dropped."""
     out: dict[str, float] = {}
     for name, value in metrics.items():
@@ -106,7 +106,6 @@ def run_training(
         raise ValueError(f"per-worker batch {batch} exceeds the worker's {len(data.x)} examples")
     t = config.train
     sampler = torch.Generator(device="cpu")
-    num_levels = config.schedule.num_levels
     start, elapsed = trainer.step_count, 0.0
     progress = tqdm(total=t.iterations, initial=start, desc=f"train {config.run.name}", disable=ctx.rank != 0,
                     mininterval=2.0, unit="it")
@@ -132,7 +131,7 @@ def run_training(
         hooks.after_step(done)
         if done % t.log_every == 0 or done == t.iterations:
             now = time.perf_counter()
-            floats = metrics_to_floats(metrics, num_levels)
+            floats = metrics_to_floats(metrics)
             floats["samples_per_s"] = window_steps * t.batch_size / max(now - window_start, 1e-9)
             progress.set_postfix(ebm=f"{floats['energy_loss']:.3g}", init=f"{floats['initializer_loss']:.3g}")
             hooks.log(done, floats)

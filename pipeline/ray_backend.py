@@ -19,7 +19,7 @@ import torch
 from cdrl.checkpoint import load_checkpoint, save_checkpoint
 from cdrl.config import Config, config_from_dict
 from pipeline.datasets.manifest import Manifest
-from pipeline.evaluation import evaluate
+from pipeline.evaluation import evaluate_trainer
 from pipeline.loop import LoopHooks, TrainingData, WorkerContext, run_training
 from pipeline.tracking import RunLogger, start_run
 
@@ -212,9 +212,7 @@ def worker_main(loop_config: dict[str, Any]) -> None:
         """Rank 0 samples with the EMA nets, logs metrics and images; the final one goes into the report."""
         if rank != 0:
             return
-        tag = "final" if final else f"step_{step:08d}"
-        metrics, artifacts = evaluate(config, trainer.averaged("energy_net"), trainer.averaged("initializer"),
-                                      trainer.objective.levels, data.item_shape, run_dir, device, tag=tag)
+        metrics, artifacts = evaluate_trainer(config, trainer, data.item_shape, run_dir, step, final, device)
         if logger:
             logger.log_metrics(step, {f"eval/{k}": v for k, v in metrics.items()})
             for path in artifacts.values():

@@ -6,8 +6,7 @@ from pathlib import Path
 from cdrl.config import Config
 from pipeline.datasets import storage
 from pipeline.datasets.catalog import open_source
-from pipeline.datasets.manifest import Manifest
-from pipeline.datasets.manifest import MANIFEST_NAME
+from pipeline.datasets.manifest import MANIFEST_NAME, Manifest
 from pipeline.datasets.reader import validate_dataset
 from pipeline.datasets.writer import write_dataset
 
