@@ -23,8 +23,9 @@ def run_dir(config: Config) -> Path:
     return Path(config.run.output_dir).absolute() / config.run.name
 
 
-def train_locally(config: Config, data_uri: str, manifest: Manifest) -> dict:
-    """Train (resuming from this run's latest checkpoint if any), evaluate, return the summary dict."""
+def train_locally(config: Config, data_uri: str, manifest: Manifest, warm_start: dict | None = None) -> dict:
+    """Train (resuming from this run's latest checkpoint if any, else from ``warm_start`` weights if given),
+    evaluate, return the summary dict."""
     out = run_dir(config)
     store = LocalCheckpointDir(config.run.storage_path or out / "checkpoints", config.run.keep_checkpoints)
     data = load_training_data(data_uri)
@@ -48,7 +49,7 @@ def train_locally(config: Config, data_uri: str, manifest: Manifest) -> dict:
         evaluation["metrics"], evaluation["artifacts"] = evaluate_trainer(config, trainer, data.item_shape, out, step, final)
 
     hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_now)
-    result = run_training(config, data, WorkerContext(), hooks, resume)
+    result = run_training(config, data, WorkerContext(), hooks, resume, warm_start)
     metrics, artifacts = evaluation["metrics"], evaluation["artifacts"]
     return {
         "run_name": config.run.name,
