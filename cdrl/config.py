@@ -167,8 +167,7 @@ class RetrainConfig:
     min_improvement: float = 0.0  # the challenger must beat the champion's primary metric by at least this much
     warm_start: bool = True  # start from the champion's weights (False: from scratch)
     iterations: int = 0  # training steps of a warm-started retrain (0: train.iterations)
-    eval_num_samples: int = 0  # samples of the fixed evaluation protocol (0: eval.num_samples)
-    eval_seed: int = 0  # seed of the fixed evaluation protocol
+    eval_num_samples: int = 0  # N of the fixed protocol both models are scored with (0: eval.num_samples; seed: eval.seed)
 
 
 @dataclass

@@ -63,9 +63,10 @@ def decide(challenger: dict, champion: dict | None, min_improvement: float) -> t
 
 
 def promote(config: Config, tracking_uri: str, run_id: str, checkpoint: str, challenger_report: dict,
-            dataset_version: str, version_tags: dict[str, str] | None = None) -> Decision:
+            dataset_version: str, version_tags: dict[str, str] | None = None, workers: int | None = None) -> Decision:
     """Register ``checkpoint`` as the challenger (run ``run_id``), score the champion with the challenger's
-    protocol on the challenger's dataset, move ``champion`` if better; log everything to run ``run_id``."""
+    protocol on the challenger's dataset, move ``champion`` if better; log everything to run ``run_id``.
+    ``workers``: Ray tasks of the champion's evaluation (``evaluate_model``; 0: this process)."""
     from mlflow import MlflowClient
 
     from pipeline.evaluate import evaluate_model
@@ -82,7 +83,7 @@ def promote(config: Config, tracking_uri: str, run_id: str, checkpoint: str, cha
         protocol = challenger_report["protocol"]
         print(f"scoring the champion (version {champion.version}) with the same protocol")
         champion_report = evaluate_model(f"models:/{name}/{champion.version}", protocol["num_samples"],
-                                         protocol["seed"], tracking_uri=tracking_uri,
+                                         protocol["seed"], tracking_uri=tracking_uri, workers=workers,
                                          data_uri=challenger_report["data_uri"])
     promoted, reason = decide(metric, champion_report["primary_metric"] if champion_report else None,
                               config.retrain.min_improvement)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from cdrl.config import Config
+from pipeline.model_ref import ModelRefError
 
 MODEL_ARTIFACT = "model"  # the logged model's name inside its run
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -37,8 +38,9 @@ INPUT_COLUMNS = {"num_samples": "long", "label": "long", "guidance_weight": "dou
 DIGEST_SECTIONS = ("schedule", "model", "langevin", "train", "generation")  # what changes the trained model
 
 
-class RegistryError(RuntimeError):
-    """A registered model or alias that does not exist, or a malformed models:/ URI; the message names it."""
+class RegistryError(ModelRefError):
+    """A registered model or alias that does not exist, or a malformed models:/ URI; the message names it
+    (a ModelRefError, so every entry point that takes a model reference reports it as bad input)."""
 
 
 def model_name(config: Config) -> str:
@@ -114,7 +116,8 @@ def pip_requirements() -> list[str]:
 def register_checkpoint(checkpoint: str, config: Config, tracking_uri: str, run_id: str,
                         tags: dict[str, str] | None = None, aliases: tuple[str, ...] = ()) -> tuple[str, str]:
     """Log ``checkpoint`` (path or s3:// URI) as the pyfunc model of run ``run_id`` and register it under
-    ``model_name(config)``; returns (name, version). Runs in the driver (never in Ray workers)."""
+    ``model_name(config)``; returns (name, version). Runs in the driver (never in Ray workers). A checkpoint
+    this run already registered (a finished run started again) keeps its version."""
     import mlflow
     import yaml
     from mlflow import MlflowClient
@@ -122,6 +125,12 @@ def register_checkpoint(checkpoint: str, config: Config, tracking_uri: str, run_
     from pipeline.datasets import storage
 
     name = model_name(config)
+    client = MlflowClient(tracking_uri)
+    for existing in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if existing.tags.get("checkpoint_uri") == checkpoint:  # a finished run re-run: same model, no new version
+            for alias in aliases:
+                client.set_registered_model_alias(name, alias, existing.version)
+            return name, str(existing.version)
     mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as folder:
         local_checkpoint = Path(folder) / "checkpoint.pt"
@@ -138,7 +147,6 @@ def register_checkpoint(checkpoint: str, config: Config, tracking_uri: str, run_
                 name=MODEL_ARTIFACT, python_model=CdrlSampler(),
                 artifacts={"checkpoint": str(local_checkpoint), "config": str(config_file)},
                 signature=signature(data_shape), pip_requirements=pip_requirements())
-    client = MlflowClient(tracking_uri)
     try:
         client.get_registered_model(name)
     except mlflow.exceptions.MlflowException:

@@ -10,7 +10,7 @@
    so a rejected model is not retrained every night - was trained on this dataset version with this config.
 3. Otherwise train a run ``RUN.NAME-retrain-YYYYmmdd-HHMMSS`` (``--backend``, as pipeline/train.py), warm-started
    from the champion's weights (``retrain.warm_start``, ``retrain.iterations`` steps) or from scratch.
-4. Evaluate it with the fixed protocol (``retrain.eval_num_samples``, ``retrain.eval_seed``, the dataset version's
+4. Evaluate it with the fixed protocol (``retrain.eval_num_samples``, ``eval.seed``, the dataset version's
    reference statistics), register it with alias ``challenger``, score the champion with the same protocol,
    and move ``champion`` only if the primary metric improves by at least ``retrain.min_improvement``.
 5. The decision, both scores and both dataset versions go to the new run in MLflow (``retrain.*`` tags,
@@ -178,10 +178,11 @@ def retrain(config: Config, args: argparse.Namespace, uri: str, data_uri: str, m
                               entry_point="pipeline/retrain.py", kind="retrain", dataset=(data_uri, manifest))
         RunLogger(uri, run_id).finish()
     num_samples = config.retrain.eval_num_samples or config.eval.num_samples
-    report = evaluate_model(summary["checkpoint"], num_samples, config.retrain.eval_seed, tracking_uri=uri,
-                            data_uri=data_uri)
+    workers = 0 if args.backend == "local" else None  # Ray: the cluster the training ran on
+    report = evaluate_model(summary["checkpoint"], num_samples, config.eval.seed, tracking_uri=uri,
+                            data_uri=data_uri, workers=workers)
     decision = promote(run_config, uri, run_id, summary["checkpoint"], report, manifest.version,
-                       version_tags={CONFIG_TAG: digest})
+                       version_tags={CONFIG_TAG: digest}, workers=workers)
     champion = decision.challenger_version if decision.promoted else decision.champion_version
     print(f"{'promoted' if decision.promoted else 'kept'}: {decision.reason}")
     print(f"  challenger: models:/{name}/{decision.challenger_version}, champion: models:/{name}/{champion}")

@@ -24,15 +24,15 @@ from cdrl.factory import build_levels, nets_from_checkpoint  # noqa: E402
 from cdrl.generation import Conditioning, generate_in_batches  # noqa: E402
 from pipeline.checkpoint_io import read_checkpoint  # noqa: E402
 from pipeline.cli import run_main  # noqa: E402
-from pipeline.registry import RegistryError, checkpoint_for_model_uri  # noqa: E402
+from pipeline.model_ref import ModelRefError, resolve_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pipeline/sample.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, metavar="REF",
-                        help="checkpoint file (local path or s3:// URI), or a registered model: models:/NAME@ALIAS "
-                             "or models:/NAME/VERSION (tracking server from $MLFLOW_TRACKING_URI)")
+                        help="checkpoint file or folder (local path or s3:// URI), a run name, or a registered model: "
+                             "models:/NAME@ALIAS or models:/NAME/VERSION (tracking server: $MLFLOW_TRACKING_URI)")
     parser.add_argument("--num-samples", type=int, required=True)
     parser.add_argument("--out", required=True, help="output .npy file")
     parser.add_argument("--steps-per-level", type=int, help="Langevin steps per level (default: the config's)")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
-    checkpoint = checkpoint_for_model_uri(args.checkpoint) if args.checkpoint.startswith("models:/") else args.checkpoint
+    checkpoint = resolve_checkpoint(args.checkpoint)
     config, nets, data_shape = nets_from_checkpoint(read_checkpoint(checkpoint), args.device, not args.raw_weights)
     samples = draw_samples(config, nets, data_shape, args.num_samples, args.label, args.guidance,
                            args.steps_per_level, args.seed, args.device)
@@ -93,4 +93,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from pipeline.datasets.errors import StorageError
 
-    run_main(main, (ConfigError, FileNotFoundError, ValueError, StorageError, RegistryError))
+    from pipeline.registry import RegistryError
+
+    run_main(main, (ConfigError, FileNotFoundError, ValueError, StorageError, ModelRefError, RegistryError))

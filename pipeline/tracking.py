@@ -115,12 +115,11 @@ def experiment_id_for(client, config: Config, uri: str) -> str:
 def log_dataset_input(client, run_id: str, data_uri: str, manifest) -> None:
     """Record the dataset as the run's training input: name, source URI, digest = the manifest's content version
     (MLflow keeps 36 characters of it), item schema; no data is read."""
+    import numpy as np
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.types import Schema, TensorSpec
-
-    import numpy as np
 
     schema = Schema([TensorSpec(np.dtype(manifest.dtype), (-1, *manifest.item_shape), name="data")])
     dataset = MetaDataset(source=resolve_dataset_source(data_uri), name=manifest.dataset, digest=manifest.version[:36],

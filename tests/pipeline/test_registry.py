@@ -52,6 +52,9 @@ def test_registered_version_has_the_layout_and_tags(registered):
     model_files = {Path(f.path).name for f in list_artifacts(artifact_uri=folder.rsplit("/", 1)[0],
                                                              tracking_uri=registered["uri"])}
     assert {"MLmodel", "python_model.pkl", "requirements.txt"} <= model_files
+    again = register_checkpoint(registered["summary"]["checkpoint"], registered["config"], registered["uri"],
+                                registered["run_id"])
+    assert again == (registered["name"], "1")  # the same run's same checkpoint: no second version
 
 
 def test_pyfunc_predict_returns_samples_of_the_data_shape(registered):
