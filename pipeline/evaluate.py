@@ -8,13 +8,14 @@
 The protocol is the checkpoint's ``eval`` settings: N = ``eval.num_samples`` samples (``--num-samples``),
 noise seeded by ``eval.seed`` (``--seed``) per block of ``generation.batch_size``, the same sampler, and
 for images the Fréchet distance of ``eval.extractor`` features to the dataset version's reference
-statistics (``DATA_URI/stats/EXTRACTOR.npz``, computed once). Generation is spread over Ray tasks when a
-Ray cluster is running (or ``--workers N``); the samples, and so the scores, do not depend on the worker
-count. The JSON report holds every metric, the primary one, the dataset version and the protocol.
+statistics (``DATA_URI/stats/EXTRACTOR.npz``, computed once). Generation is spread over Ray tasks under
+``ray job submit`` (RAY_ADDRESS set) or with ``--workers W``; the samples, and so the scores, do not depend
+on the worker count. The JSON report holds every metric, the primary one, the dataset version and the protocol.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,19 +41,15 @@ def primary_metric(metrics: dict[str, float], fid_name: str | None) -> dict:
 
 
 def ray_workers(requested: int | None, num_blocks: int) -> int:
-    """How many Ray tasks draw samples: ``requested`` (joining or starting a cluster), else the CPUs of a
-    running cluster; 0 (in-process) without a cluster or when there is only one block."""
-    if requested == 0 or num_blocks < 2:
+    """How many Ray tasks draw samples. ``requested`` None: the CPUs of the cluster named by RAY_ADDRESS (set
+    inside ``ray job submit``), else 0 (this process); ``requested`` W: W tasks on the running cluster
+    (``ray start``) or on a local one started for them. Never more tasks than blocks; 1 task is no task."""
+    if requested == 0 or num_blocks < 2 or (requested is None and not os.environ.get("RAY_ADDRESS")):
         return 0
     import ray
 
     if not ray.is_initialized():
-        try:
-            ray.init(address="auto", log_to_driver=False)
-        except ConnectionError:
-            if requested is None:
-                return 0
-            ray.init(num_cpus=requested, include_dashboard=False, log_to_driver=False)
+        ray.init(include_dashboard=False, log_to_driver=False)
     available = int(ray.cluster_resources().get("CPU", 1))
     workers = min(requested or available, num_blocks)
     return workers if workers >= 2 else 0
@@ -150,7 +147,7 @@ def log_report(report: dict, log_to: str, tracking_uri: str | None, experiment: 
 
     from pipeline.tracking import check_reachable
 
-    uri = tracking_uri or __import__("os").environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs').absolute() / 'mlflow.db'}"
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs').absolute() / 'mlflow.db'}"
     check_reachable(uri)
     client = MlflowClient(uri)
     if log_to == "new":
@@ -185,7 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     parser.add_argument("--experiment", default="cdrl", help="MLflow experiment of a new run (default: %(default)s)")
     parser.add_argument("--workers", type=int, metavar="W",
-                        help="Ray tasks that draw samples (default: the CPUs of a running cluster; 0: this process)")
+                        help="Ray tasks that draw samples, on the running cluster or a local one (default: the CPUs of "
+                             "the cluster at $RAY_ADDRESS if set, else 0: this process)")
     parser.add_argument("--data-uri", help="the dataset the model was trained on (default: the checkpoint's data.uri)")
     parser.add_argument("--out-dir", default="runs/evaluate", help="where the sample grid goes (default: %(default)s)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
