@@ -102,6 +102,14 @@ class EvalProtocol:
                 "steps_per_level": self.steps_per_level, "tweedie": self.tweedie, "extractor": self.extractor}
 
 
+def check_extractor_available(config: Config, data_shape: tuple[int, ...]) -> None:
+    """Before any work: FileNotFoundError (naming the file and where to put it) when FID needs missing weights."""
+    if EvalProtocol.from_config(config, data_shape).extractor == "inception":
+        from cdrl.metrics.inception import resolve_weights_path
+
+        resolve_weights_path(config.eval.inception_weights)
+
+
 def generate_blocks(protocol: EvalProtocol, energy_net: nn.Module, initializer: nn.Module, levels: LevelTable,
                     data_shape: tuple[int, ...], blocks: list[tuple[int, int]], device: torch.device | str = "cpu",
                     progress: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -186,7 +194,8 @@ class Evaluator:
     """
 
     def __init__(self, config: Config, data_shape: tuple[int, ...], *,
-                 reference: Callable[[FeatureExtractor], object] | None = None, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", gather: Gather = local_gather,
+                 reference: Callable[[FeatureExtractor], object] | None = None, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", gather: Gather = local_gather,
                  num_samples: int | None = None, seed: int | None = None, extractor: FeatureExtractor | None = None,
                  progress: bool = False) -> None:
         self.config, self.data_shape = config, tuple(data_shape)

@@ -46,7 +46,8 @@ class WorkerContext:
 class LoopHooks:
     log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
     checkpoint: Callable[[int, dict, bool], None] = lambda step, checkpoint, final: None
-    evaluate: Callable[[int, Trainer, bool], None] = lambda step, trainer, final: None  # every eval.every steps, and at the end; on every rank
+    # every eval.every steps and at the end, on every rank
+    evaluate: Callable[[int, Trainer, bool], None] = lambda step, trainer, final: None
     after_step: Callable[[int], None] = lambda step: None
 
 

@@ -52,15 +52,16 @@ def check_storage(config: Config) -> None:
 
 
 def connect_ray() -> None:
-    """Join the running cluster (RAY_ADDRESS, `ray start`, `ray job submit`), else start a local one."""
+    """Join the running cluster (RAY_ADDRESS, `ray start`, `ray job submit`), else start a local one.
+
+    ``ray.init()`` without an address looks only there; ``address="auto"`` would also join any Ray
+    process it finds on the machine, e.g. another user's cluster.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    try:
-        ray.init(address="auto", log_to_driver=True)
-    except ConnectionError:
-        ray.init(log_to_driver=True)
+    ray.init(log_to_driver=True)
 
 
 def quiet_ray_data() -> None:
