@@ -154,7 +154,7 @@ def register_checkpoint(checkpoint: str, config: Config, tracking_uri: str, run_
                                                          "predict() draws samples (see pipeline/registry.py)")
     version_tags = {CONFIG_TAG: config_digest(config), "run_name": config.run.name, "checkpoint_uri": checkpoint,
                     **(tags or {})}
-    version = client.create_model_version(name, info.model_uri, run_id=run_id,
+    version = client.create_model_version(name, info.model_uri, run_id=run_id, model_id=info.model_id,
                                           tags={k: str(v) for k, v in version_tags.items()}).version
     for alias in aliases:
         client.set_registered_model_alias(name, alias, version)
