@@ -111,7 +111,8 @@ def test_digits_fid_writes_curve_and_classifier_accuracy(tmp_path):
     out = tmp_path / "digits_fid.json"
     proc = run_script("digits_fid.py", "train.batch_size=16", "langevin.num_steps=1", "model.energy_net.base_channels=8",
                       "model.initializer.base_channels=16", "eval.num_samples=8", "generation.batch_size=8",
-                      "train.log_every=1", "--budget-s", "0.5", "--eval-every", "1", "--output-dir", str(tmp_path),
+                      "train.log_every=1", "--budget-s", "0.5", "--eval-every", "1", "--threads", "1",
+                      "--output-dir", str(tmp_path),
                       "--json", str(out))
     report = json.loads(out.read_text())
     assert report["benchmark"] == "digits_fid" and report["metric"] == "fid/digits_8"
