@@ -93,6 +93,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from pipeline.datasets.errors import StorageError
 
-    from pipeline.registry import RegistryError
-
-    run_main(main, (ConfigError, FileNotFoundError, ValueError, StorageError, ModelRefError, RegistryError))
+    # registry errors are ModelRefErrors (importing pipeline.registry here would print MLflow's pyfunc warning)
+    run_main(main, (ConfigError, FileNotFoundError, ValueError, StorageError, ModelRefError))
