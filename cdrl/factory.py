@@ -11,8 +11,13 @@ from cdrl.schedule import LevelTable, NoiseSchedule
 from cdrl.training import OptimizerSpec, Trainer
 
 
+def build_schedule(config: Config) -> NoiseSchedule:
+    sc = config.schedule
+    return NoiseSchedule(sc.num_levels, sc.logsnr_min, sc.logsnr_max, sc.family)
+
+
 def build_levels(config: Config, device: torch.device | str = "cpu") -> LevelTable:
-    schedule = NoiseSchedule(config.schedule.num_levels, config.schedule.logsnr_min, config.schedule.logsnr_max)
+    schedule = build_schedule(config)
     lv = config.langevin
     return schedule.table(lv.step_rule, lv.c0, lv.step_multiplier, device=device)
 
