@@ -182,6 +182,23 @@ class TuneConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed switches that leave results unchanged within tolerance (cdrl/perf.py, BENCHMARKS.md §Performance).
+
+    "auto" picks the measured default for the device: on CUDA every switch is on; on the CPU bf16 autocast
+    is on where the CPU has native bf16 dot products (AVX512-BF16 / AMX), the rest off. The other switches
+    take true/false (YAML's on/off too). ``threads`` 0 keeps torch's choice (one per core).
+    """
+
+    autocast: Literal["auto", "bf16", "fp32"] = "auto"  # bf16 matmuls/convs; fp32 energies, Langevin state, grads
+    channels_last: Literal["auto", True, False] = "auto"  # NHWC image nets (CUDA tensor cores)
+    compile: Literal["auto", True, False] = "auto"  # torch.compile of the energy net's y ↦ F(y) (+ its backward)
+    cuda_graphs: Literal["auto", True, False] = "auto"  # CUDA graphs for the fixed-shape Langevin step (CUDA only)
+    fused_optimizer: Literal["auto", True, False] = "auto"  # one fused Adam/AdamW kernel per network
+    threads: int = 0  # torch intra-op threads per process (0: torch's default)
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -196,6 +213,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -348,6 +366,7 @@ def validate(config: Config) -> None:
         ("ray.cpus_per_worker", config.ray.cpus_per_worker, config.ray.cpus_per_worker > 0, "> 0"),
         ("ray.max_failures", config.ray.max_failures, config.ray.max_failures >= -1, ">= -1 (-1: unlimited)"),
         ("tune.eval_every_s", config.tune.eval_every_s, config.tune.eval_every_s >= 0, ">= 0"),
+        ("perf.threads", config.perf.threads, config.perf.threads >= 0, ">= 0 (0: torch's default)"),
         ("run.keep_checkpoints", config.run.keep_checkpoints, config.run.keep_checkpoints >= 1, ">= 1"),
         ("run.name", config.run.name, bool(config.run.name) and "/" not in config.run.name, "non-empty, no '/'"),
         ("registry.model_name", config.registry.model_name,

@@ -7,6 +7,7 @@ from torch import nn
 from cdrl.config import Config
 from cdrl.nets import build_energy_net, build_initializer
 from cdrl.objectives.cdrl import CooperativeRecoveryLikelihood
+from cdrl.perf import PerfSettings, energy_call, to_memory_format
 from cdrl.schedule import LevelTable, NoiseSchedule
 from cdrl.training import OptimizerSpec, Trainer
 
@@ -23,26 +24,35 @@ def build_levels(config: Config, device: torch.device | str = "cpu") -> LevelTab
 
 
 def build_nets(config: Config, data_shape: tuple[int, ...], device: torch.device | str = "cpu") -> dict[str, nn.Module]:
+    perf = PerfSettings.resolve(config.perf, device)
     return {
-        "energy_net": build_energy_net(config.model, data_shape).to(device),
-        "initializer": build_initializer(config.model, data_shape).to(device),
+        "energy_net": to_memory_format(build_energy_net(config.model, data_shape).to(device), perf),
+        "initializer": to_memory_format(build_initializer(config.model, data_shape).to(device), perf),
     }
+
+
+def net_device(nets: dict[str, nn.Module]) -> torch.device:
+    return next(next(iter(nets.values())).parameters()).device
 
 
 def build_trainer(config: Config, nets: dict[str, nn.Module], levels: LevelTable) -> Trainer:
     t = config.train
+    perf = PerfSettings.resolve(config.perf, net_device(nets))
     objective = CooperativeRecoveryLikelihood(
         levels,
         num_langevin_steps=config.langevin.num_steps,
         label_dropout=t.label_dropout if config.model.num_classes else 0.0,
+        energy_call=energy_call(perf),
     )
+    fused = perf.fused_optimizer
     optimizers = {
-        "energy_net": OptimizerSpec("adam", t.energy_lr, tuple(t.energy_betas), t.energy_warmup),
+        "energy_net": OptimizerSpec("adam", t.energy_lr, tuple(t.energy_betas), t.energy_warmup, fused=fused),
         "initializer": OptimizerSpec(
-            "adamw", t.initializer_lr, tuple(t.initializer_betas), t.initializer_warmup, t.initializer_warmup_offset
+            "adamw", t.initializer_lr, tuple(t.initializer_betas), t.initializer_warmup, t.initializer_warmup_offset,
+            fused=fused,
         ),
     }
-    return Trainer(nets, objective, optimizers, t.grad_clip, t.ema_decay, zero_grad=t.zero_grad)
+    return Trainer(nets, objective, optimizers, t.grad_clip, t.ema_decay, zero_grad=t.zero_grad, perf=perf)
 
 
 def nets_from_checkpoint(checkpoint: dict, device: torch.device | str = "cpu", use_ema: bool = True) -> tuple[Config, dict[str, nn.Module], tuple[int, ...]]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cdrl.langevin import Projection, langevin_refine
+from cdrl.perf import EnergyCall, PerfSettings, energy_call, input_memory_format, plain_energy
 from cdrl.schedule import LevelTable
 
 TweedieMode = Literal["none", "faithful", "consistent"]
@@ -50,10 +51,11 @@ def mixed_initializer(initializer: nn.Module, x: torch.Tensor, logsnr: torch.Ten
     return sum(w * initializer(x, logsnr, labels) for labels, w in cond.terms(len(x), x.device))
 
 
-def mixed_energy_fn(energy_net: nn.Module, logsnr: torch.Tensor, cond: Conditioning, batch: int, device: torch.device):
+def mixed_energy_fn(energy_net: nn.Module, logsnr: torch.Tensor, cond: Conditioning, batch: int, device: torch.device,
+                    call: EnergyCall = plain_energy):
     """y ↦ Σ coefficient·F(y, λ, labels), with each term's time/label work done once."""
     terms = [(energy_net.condition(logsnr, labels), w) for labels, w in cond.terms(batch, device)]
-    return lambda y: sum(w * energy_net.energy(y, condition) for condition, w in terms)
+    return lambda y: sum(w * call(energy_net, y, condition) for condition, w in terms)
 
 
 def tweedie_denoise(energy_net: nn.Module, x: torch.Tensor, levels: LevelTable, cond: Conditioning, mode: TweedieMode) -> torch.Tensor:
@@ -87,15 +89,27 @@ def generate(
     return_levels: bool = False,
     inpaint: "Inpainting | None" = None,
     device: torch.device | str = "cpu",
+    perf: PerfSettings | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Samples x_0 of shape (num_samples, *data_shape); with ``return_levels`` also [x_{K-1}, …, x_0].
 
     Pass the EMA networks (the default everywhere). ``steps_per_level`` below the training value is the
-    sampling-efficient variant.
+    sampling-efficient variant. ``perf`` (cdrl/perf.py): autocast region and compiled energy; the chain
+    state stays float32.
     """
-    cond = cond or Conditioning()
+    perf = perf or PerfSettings()
+    with perf.autocast():
+        return _generate(energy_net, initializer, levels, num_samples, data_shape, steps_per_level, cond or Conditioning(),
+                         tweedie, return_levels, inpaint, device, perf)
+
+
+def _generate(energy_net: nn.Module, initializer: nn.Module, levels: LevelTable, num_samples: int,
+              data_shape: tuple[int, ...], steps_per_level: int, cond: Conditioning, tweedie: TweedieMode,
+              return_levels: bool, inpaint: "Inpainting | None", device: torch.device | str,
+              perf: PerfSettings) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+    call = energy_call(perf)
     K = levels.num_levels
-    x = torch.randn(num_samples, *data_shape, device=device)
+    x = input_memory_format(torch.randn(num_samples, *data_shape, device=device), perf)
     per_level = []
     for i in range(K, 0, -1):
         logsnr_t = levels.logsnr[i].expand(num_samples)
@@ -104,7 +118,7 @@ def generate(
         proposal = mixed_initializer(initializer, x, logsnr_t, cond) + levels.init_noise_std[i] * torch.randn_like(x)
         project = inpaint.projection(levels, i, scale) if inpaint is not None else None
         y = langevin_refine(
-            mixed_energy_fn(energy_net, logsnr_prev, cond, num_samples, x.device),
+            mixed_energy_fn(energy_net, logsnr_prev, cond, num_samples, x.device, call),
             project(proposal, -1) if project else proposal,
             anchor=x,
             step_size=levels.step_size[i].expand(num_samples),
@@ -162,6 +176,7 @@ def generate_in_batches(
     cond: Conditioning | None = None,
     tweedie: TweedieMode = "none",
     device: torch.device | str = "cpu",
+    perf: PerfSettings | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``generate`` over batches of at most ``batch_size``; returns (x_0, [x_{K-1}, …, x_0]) on the CPU."""
     finals, levels_out = [], []
@@ -169,7 +184,7 @@ def generate_in_batches(
         n = min(batch_size, num_samples - start)
         part_cond = cond.select(slice(start, start + n)) if cond is not None else None
         x, per_level = generate(energy_net, initializer, levels, n, data_shape, steps_per_level, part_cond,
-                                tweedie, return_levels=True, device=device)
+                                tweedie, return_levels=True, device=device, perf=perf)
         finals.append(x.cpu())
         levels_out.append([v.cpu() for v in per_level])
     return torch.cat(finals), [torch.cat(parts) for parts in zip(*levels_out)]

@@ -38,6 +38,7 @@ def langevin_refine(
     ``energy`` maps y to F(y) per example; its x-independent work (time embedding) should already be
     done by the caller, once per chain. ``project(y, k)``, if given, is applied after every step
     (used by inpainting to overwrite known pixels). Spectral-norm weights are computed once per chain.
+    y, the recovery term and the update stay float32 under autocast (only F's matmuls run in bf16).
     """
     s = _per_example(step_size, y)
     c = _per_example(quadratic_coeff, y)
@@ -47,7 +48,7 @@ def langevin_refine(
         for k in range(num_steps):
             y = y.requires_grad_(True)
             recovery = (c * (y - anchor).pow(2)).flatten(1).sum(1)
-            total = (energy(y) - recovery).sum()
+            total = (energy(y).float() - recovery).sum()  # float32 even when F ran under bf16 autocast
             (grad,) = torch.autograd.grad(total, y)
             y = (y + drift * grad + s * torch.randn_like(y)).detach()
             if project is not None:

@@ -1,7 +1,8 @@
 """The training loop's step, identical for CDRL and every baseline (it calls the objective it is given).
 
 Per iteration (§6): zero grads → objective losses → one backward → per network: clip the total grad
-norm, optimizer step, LR-schedule step, EMA update.
+norm, optimizer step, LR-schedule step, EMA update. The objective (forward passes and Langevin) runs in
+the PerfSettings' autocast region, the backward outside it (cdrl/perf.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from cdrl.ema import EMA
 from cdrl.objectives.base import Objective, unwrap
+from cdrl.perf import PerfSettings, input_memory_format
 
 
 @dataclass
@@ -25,10 +27,13 @@ class OptimizerSpec:
     warmup: int
     warmup_offset: int = 0
     weight_decay: float = 0.0
+    fused: bool = False  # one fused kernel per step (perf.fused_optimizer)
 
     def build(self, net: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         optimizer_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.kind]
         kwargs = {"weight_decay": self.weight_decay} if self.kind == "adamw" else {}
+        if self.fused:
+            kwargs["fused"] = True
         optimizer = optimizer_cls(net.parameters(), lr=self.lr, betas=self.betas, eps=1e-8, **kwargs)
         warmup, offset = self.warmup, self.warmup_offset
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + offset) / warmup))
@@ -46,6 +51,7 @@ class Trainer:
         grad_clip: float,
         ema_decay: float,
         zero_grad: bool = True,
+        perf: PerfSettings | None = None,
     ):
         missing = set(objective.network_names) - set(nets)
         if missing:
@@ -54,6 +60,7 @@ class Trainer:
         self.objective = objective
         self.grad_clip = grad_clip
         self.zero_grad = zero_grad
+        self.perf = perf or PerfSettings()
         self.optimizers, self.schedules, self.emas = {}, {}, {}
         for name in objective.network_names:
             self.optimizers[name], self.schedules[name] = optimizers[name].build(self.nets[name])
@@ -64,7 +71,8 @@ class Trainer:
         if self.zero_grad:
             for optimizer in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
-        out = self.objective(self.nets, x, labels)
+        with self.perf.autocast():
+            out = self.objective(self.nets, input_memory_format(x, self.perf), labels)
         total = sum(out.losses.values())
         if not torch.isfinite(total):
             raise FloatingPointError(f"non-finite loss at step {self.step_count}: " + ", ".join(

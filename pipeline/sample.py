@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from cdrl.config import ConfigError  # noqa: E402
 from cdrl.factory import build_levels, nets_from_checkpoint  # noqa: E402
 from cdrl.generation import Conditioning, generate_in_batches  # noqa: E402
+from cdrl.perf import PerfSettings  # noqa: E402
 from pipeline.checkpoint_io import read_checkpoint  # noqa: E402
 from pipeline.cli import run_main  # noqa: E402
 from pipeline.model_ref import ModelRefError, resolve_checkpoint  # noqa: E402
@@ -65,7 +66,7 @@ def draw_samples(config, nets: dict, data_shape: tuple[int, ...], num_samples: i
     samples, _ = generate_in_batches(
         nets["energy_net"], nets["initializer"], build_levels(config, device), num_samples, data_shape,
         steps_per_level or gen.steps_per_level or config.langevin.num_steps, gen.batch_size,
-        cond=cond, tweedie=gen.tweedie, device=device,
+        cond=cond, tweedie=gen.tweedie, device=device, perf=PerfSettings.resolve(config.perf, device),
     )
     return samples.float()
 

@@ -49,6 +49,22 @@ def null_labels_if_missing(labels: torch.Tensor | None, batch: int, device: torc
     return labels
 
 
+def distinct_conditions(logsnr: torch.Tensor, labels: torch.Tensor | None
+                        ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(distinct λ, their labels, index of each example's row): a batch mixes only K levels (× classes).
+
+    x-independent work (time/label embedding and per-block projections) then runs on the few distinct
+    rows and is gathered back per example: the same values and gradients for ~1/300 of the multiply-adds
+    at the toy's batch of 2500.
+    """
+    if labels is None:
+        distinct, inverse = torch.unique(logsnr, return_inverse=True)
+        return distinct, None, inverse
+    pairs = torch.stack([logsnr.double(), labels.double()], dim=1)
+    distinct, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    return distinct[:, 0].to(logsnr.dtype), distinct[:, 1].to(labels.dtype), inverse
+
+
 class TimeLabelEmbedding(nn.Module):
     """temb = Linear → act → Linear of sinusoid(λ) (§5.1), plus Linear(one_hot(label)) when conditional (§8).
 

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cdrl.nets.embedding import TimeLabelEmbedding, maybe_spectral_norm
+from cdrl.nets.embedding import TimeLabelEmbedding, distinct_conditions, maybe_spectral_norm
+from cdrl.nets.precision import full_precision
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,7 @@ class _EnergyResBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, time_feature: torch.Tensor) -> torch.Tensor:
         r = self.conv1(_lrelu(h)) + time_feature
-        r = self.conv2(_lrelu(r)) * self.gain[None, :, None, None]
+        r = self.conv2(_lrelu(r)) * self.gain.to(r.dtype)[None, :, None, None]  # bf16 stays bf16 under autocast
         return r + self.shortcut(h)
 
 
@@ -46,6 +47,7 @@ class ImageEnergyNet(nn.Module):
     ``condition`` holds the x-independent work (time/label embedding, per-block time features and the head
     vector), done once per Langevin chain; ``energy`` is the part that depends on y.
     AvgPool2d(2) follows every resolution except the last; the sum-pooled head accepts any input size.
+    Under bf16 autocast the sum-pool and the head (the energy) are float32.
     """
 
     def __init__(
@@ -74,9 +76,10 @@ class ImageEnergyNet(nn.Module):
 
     def condition(self, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Per-block time features (B, C, 1, 1) in block order, then the head vector (B, C_last)."""
-        temb = self.time_embedding(logsnr, labels)
-        block_features = [block.time_features(temb) for blocks in self.resolutions for block in blocks]
-        return [*block_features, self.head_time_proj(_lrelu(temb))]
+        distinct_logsnr, distinct_labels, rows = distinct_conditions(logsnr, labels)
+        temb = self.time_embedding(distinct_logsnr, distinct_labels)
+        block_features = [block.time_features(temb)[rows] for blocks in self.resolutions for block in blocks]
+        return [*block_features, full_precision(self.head_time_proj, _lrelu(temb))[rows]]
 
     def energy(self, y: torch.Tensor, condition: list[torch.Tensor]) -> torch.Tensor:
         *block_features, head_vector = condition
@@ -87,8 +90,8 @@ class ImageEnergyNet(nn.Module):
                 h = block(h, next(time_features))
             if index < len(self.resolutions) - 1:
                 h = F.avg_pool2d(h, 2)
-        pooled = F.relu(h).sum(dim=(2, 3))
-        return (pooled * head_vector).sum(dim=1)
+        pooled = F.relu(h).float().sum(dim=(2, 3))
+        return (pooled * head_vector.float()).sum(dim=1)
 
     def forward(self, y: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.energy(y, self.condition(logsnr, labels))

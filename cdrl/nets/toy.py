@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cdrl.nets.embedding import TimeLabelEmbedding, maybe_spectral_norm
+from cdrl.nets.embedding import TimeLabelEmbedding, distinct_conditions, maybe_spectral_norm
+from cdrl.nets.precision import full_precision
 
 
 def _lrelu(x: torch.Tensor) -> torch.Tensor:
@@ -28,12 +29,15 @@ class _EnergyBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, time_feature: torch.Tensor) -> torch.Tensor:
         r = self.fc1(_lrelu(h)) + time_feature
-        r = self.fc2(_lrelu(r)) * self.gain
+        r = self.fc2(_lrelu(r)) * self.gain.to(r.dtype)  # keeps a bf16 stream bf16 under autocast
         return r + self.shortcut(h)
 
 
 class ToyEnergyNet(nn.Module):
-    """F_θ(y, λ) for 2-D data (§5.2). ``condition`` holds the x-independent work, done once per chain."""
+    """F_θ(y, λ) for 2-D data (§5.2). ``condition`` holds the x-independent work, done once per chain.
+
+    Under bf16 autocast the input layer (raw ±8 coordinates) and the head (the energy) stay in float32.
+    """
 
     def __init__(
         self,
@@ -55,14 +59,15 @@ class ToyEnergyNet(nn.Module):
         self.head = nn.Linear(widths[-1], 1, bias=False)
 
     def condition(self, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> list[torch.Tensor]:
-        temb = self.time_embedding(logsnr, labels)
-        return [block.time_features(temb) for block in self.blocks]
+        distinct_logsnr, distinct_labels, rows = distinct_conditions(logsnr, labels)
+        temb = self.time_embedding(distinct_logsnr, distinct_labels)
+        return [block.time_features(temb)[rows] for block in self.blocks]
 
     def energy(self, y: torch.Tensor, condition: list[torch.Tensor]) -> torch.Tensor:
-        h = self.input(y)
+        h = full_precision(self.input, y)
         for block, time_feature in zip(self.blocks, condition):
             h = block(h, time_feature)
-        return self.head(F.relu(h)).squeeze(1)
+        return full_precision(self.head, F.relu(h)).squeeze(1)
 
     def forward(self, y: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.energy(y, self.condition(logsnr, labels))

@@ -12,6 +12,7 @@ from torch import nn
 
 from cdrl.langevin import langevin_refine
 from cdrl.objectives.base import ObjectiveOutput, spectral_norm_power_step, unwrap
+from cdrl.perf import EnergyCall, plain_energy
 from cdrl.schedule import LevelTable
 
 
@@ -38,10 +39,12 @@ class CooperativeRecoveryLikelihood:
 
     network_names = ("energy_net", "initializer")
 
-    def __init__(self, levels: LevelTable, num_langevin_steps: int, label_dropout: float = 0.0):
+    def __init__(self, levels: LevelTable, num_langevin_steps: int, label_dropout: float = 0.0,
+                 energy_call: EnergyCall = plain_energy):
         self.levels = levels
         self.num_langevin_steps = num_langevin_steps
         self.label_dropout = label_dropout
+        self.energy_call = energy_call  # F(y) inside Langevin: plain or torch.compile'd (cdrl/perf.py)
 
     def net_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         """Dataset labels 0..C-1 → net labels 1..C, each replaced by the null label 0 with p_cond (§8)."""
@@ -75,7 +78,7 @@ class CooperativeRecoveryLikelihood:
         plain_energy_net = unwrap(energy_net)
         condition = plain_energy_net.condition(logsnr_prev, c)
         refined = langevin_refine(
-            lambda y: plain_energy_net.energy(y, condition),
+            lambda y: self.energy_call(plain_energy_net, y, condition),
             proposal.detach(),
             anchor=x_t,
             step_size=lv.step_size[t],
