@@ -144,6 +144,7 @@ class RayConfig:
     cpus_per_worker: float = 1.0
     max_failures: int = 2  # a lost worker costs at most one checkpoint interval, this many times
     inject_crash_at_step: int = 0  # > 0: testing aid, a worker dies once at this step
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # STRICT_SPREAD: one worker per node
 
 
 @dataclass

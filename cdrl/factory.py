@@ -25,9 +25,9 @@ def build_levels(config: Config, device: torch.device | str = "cpu") -> LevelTab
 
 def build_nets(config: Config, data_shape: tuple[int, ...], device: torch.device | str = "cpu") -> dict[str, nn.Module]:
     perf = PerfSettings.resolve(config.perf, device)
-    return {
+    return {  # channels_last only where Langevin's passes go; the initializer's dropout masks keep their order
         "energy_net": to_memory_format(build_energy_net(config.model, data_shape).to(device), perf),
-        "initializer": to_memory_format(build_initializer(config.model, data_shape).to(device), perf),
+        "initializer": build_initializer(config.model, data_shape).to(device),
     }
 
 

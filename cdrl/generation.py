@@ -12,8 +12,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from cdrl.langevin import Projection, langevin_refine
-from cdrl.perf import EnergyCall, PerfSettings, energy_call, input_memory_format, plain_energy
+from cdrl.langevin import Projection, langevin_refine, standard_normal_like
+from cdrl.perf import EnergyCall, PerfSettings, energy_call, plain_energy
 from cdrl.schedule import LevelTable
 
 TweedieMode = Literal["none", "faithful", "consistent"]
@@ -109,13 +109,13 @@ def _generate(energy_net: nn.Module, initializer: nn.Module, levels: LevelTable,
               perf: PerfSettings) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     call = energy_call(perf)
     K = levels.num_levels
-    x = input_memory_format(torch.randn(num_samples, *data_shape, device=device), perf)
+    x = torch.randn(num_samples, *data_shape, device=device)
     per_level = []
     for i in range(K, 0, -1):
         logsnr_t = levels.logsnr[i].expand(num_samples)
         logsnr_prev = levels.logsnr[i - 1].expand(num_samples)
         scale = levels.scale[i]
-        proposal = mixed_initializer(initializer, x, logsnr_t, cond) + levels.init_noise_std[i] * torch.randn_like(x)
+        proposal = mixed_initializer(initializer, x, logsnr_t, cond) + levels.init_noise_std[i] * standard_normal_like(x)
         project = inpaint.projection(levels, i, scale) if inpaint is not None else None
         y = langevin_refine(
             mixed_energy_fn(energy_net, logsnr_prev, cond, num_samples, x.device, call),

@@ -19,6 +19,12 @@ EnergyFn = Callable[[torch.Tensor], torch.Tensor]
 Projection = Callable[[torch.Tensor, int], torch.Tensor]
 
 
+def standard_normal_like(y: torch.Tensor) -> torch.Tensor:
+    """N(0, I) of y's shape with values in logical order whatever y's memory format (``randn_like`` fills a
+    channels_last tensor in memory order, which would change the chain when perf.channels_last is on)."""
+    return torch.randn(y.shape, device=y.device, dtype=y.dtype)
+
+
 def _per_example(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(-1, *([1] * (like.dim() - 1)))
 
@@ -50,7 +56,7 @@ def langevin_refine(
             recovery = (c * (y - anchor).pow(2)).flatten(1).sum(1)
             total = (energy(y).float() - recovery).sum()  # float32 even when F ran under bf16 autocast
             (grad,) = torch.autograd.grad(total, y)
-            y = (y + drift * grad + s * torch.randn_like(y)).detach()
+            y = (y + drift * grad + s * standard_normal_like(y)).detach()
             if project is not None:
                 y = project(y, k)
     return y

@@ -5,7 +5,9 @@ Every switch leaves results unchanged within the tolerances of tests/cdrl/test_p
 * ``autocast``: matmuls and convolutions in bf16 under ``torch.autocast``. The Langevin state y, the
   recovery term, the energies F (the nets' input layer and head, cdrl/nets/precision.py), the gradients of
   the parameters, the optimizers and the EMAs stay float32; bf16 matmuls accumulate in float32.
-* ``channels_last``: NHWC memory format for the image nets and their inputs (tensor-core convolutions).
+* ``channels_last``: NHWC memory format for the image energy net's weights, so its convolutions and
+  activations (all of Langevin's passes) run NHWC on tensor cores; data, Langevin state and noise keep their
+  logical layout and values. The initializer stays NCHW: dropout draws its mask in memory order.
 * ``compile``: ``torch.compile`` of the energy net's y ↦ F(y) (AOTAutograd compiles its backward too), the
   function Langevin evaluates num_steps times per chain.
 * ``cuda_graphs``: the compiled energy step captured as CUDA graphs (compile mode "reduce-overhead"); the
@@ -30,6 +32,7 @@ from torch import nn
 from cdrl.config import PerfConfig
 
 EnergyCall = Callable[[nn.Module, torch.Tensor, list], torch.Tensor]
+COMPILE_BACKEND = "inductor"  # tests use "aot_eager": the same graph capture and autograd, no code generation
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -63,7 +66,10 @@ class PerfSettings:
     def resolve(cls, perf: PerfConfig, device: torch.device | str) -> "PerfSettings":
         device_type = torch.device(device).type
         cuda = device_type == "cuda"
-        bf16_auto = (cuda and torch.cuda.is_bf16_supported()) or (device_type == "cpu" and cpu_has_native_bf16())
+        # Every GPU the pipeline targets (Ampere and later) has bf16 tensor cores; without CUDA present the
+        # plan for "cuda" is still resolvable (tests, dry runs).
+        cuda_bf16 = cuda and (not torch.cuda.is_available() or torch.cuda.is_bf16_supported())
+        bf16_auto = cuda_bf16 or (device_type == "cpu" and cpu_has_native_bf16())
         autocast = bf16_auto if perf.autocast == "auto" else perf.autocast == "bf16"
         cuda_graphs = cuda and _switch(perf.cuda_graphs, cuda)
         return cls(
@@ -102,25 +108,18 @@ def to_memory_format(module: nn.Module, settings: PerfSettings) -> nn.Module:
     return module.to(memory_format=torch.channels_last) if settings.channels_last else module
 
 
-def input_memory_format(x: torch.Tensor, settings: PerfSettings) -> torch.Tensor:
-    """Image batches (N, C, H, W) in channels_last when the switch is on; anything else unchanged."""
-    if settings.channels_last and x.dim() == 4:
-        return x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
 def plain_energy(net: nn.Module, y: torch.Tensor, condition: list) -> torch.Tensor:
     """F(y) of an energy net whose x-independent ``condition`` was computed once per chain."""
     return net.energy(y, condition)
 
 
 @lru_cache(maxsize=4)
-def _compiled_energy(mode: str | None) -> EnergyCall:
-    return torch.compile(plain_energy, mode=mode, dynamic=False)
+def _compiled_energy(mode: str | None, backend: str) -> EnergyCall:
+    return torch.compile(plain_energy, mode=mode, backend=backend, dynamic=False)
 
 
 def energy_call(settings: PerfSettings) -> EnergyCall:
     """``plain_energy``, or its torch.compile'd version (CUDA graphs with mode "reduce-overhead")."""
     if not settings.compile:
         return plain_energy
-    return _compiled_energy("reduce-overhead" if settings.cuda_graphs else None)
+    return _compiled_energy("reduce-overhead" if settings.cuda_graphs else None, COMPILE_BACKEND)

@@ -14,7 +14,7 @@ from torch import nn
 
 from cdrl.ema import EMA
 from cdrl.objectives.base import Objective, unwrap
-from cdrl.perf import PerfSettings, input_memory_format
+from cdrl.perf import PerfSettings
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Trainer:
             for optimizer in self.optimizers.values():
                 optimizer.zero_grad(set_to_none=True)
         with self.perf.autocast():
-            out = self.objective(self.nets, input_memory_format(x, self.perf), labels)
+            out = self.objective(self.nets, x, labels)
         total = sum(out.losses.values())
         if not torch.isfinite(total):
             raise FloatingPointError(f"non-finite loss at step {self.step_count}: " + ", ".join(

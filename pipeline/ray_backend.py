@@ -101,7 +101,8 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: 
                            # through the object store: workers on other nodes cannot read the driver's disk
                            "warm_start": ray.put(warm_start) if warm_start is not None else None},
         scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
-                                     resources_per_worker={"CPU": config.ray.cpus_per_worker}),
+                                     resources_per_worker={"CPU": config.ray.cpus_per_worker},
+                                     placement_strategy=config.ray.placement_strategy),
         run_config=RunConfig(
             name=config.run.name,
             storage_path=storage_root(config),

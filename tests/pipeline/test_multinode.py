@@ -1,0 +1,123 @@
+"""Training across Ray nodes, and losing one: a 3-node Ray cluster simulated on this machine.
+
+The head (0 CPUs, the driver's node, as on a real cluster) plus two worker nodes with 2 CPUs each and a
+distinct custom resource. ``ray.placement_strategy=STRICT_SPREAD`` forces the two Ray Train workers onto
+different nodes, so DDP's all-reduces cross nodes. Data shards and checkpoints live in S3 (SeaweedFS),
+metrics in an ``mlflow server``. After the first S3 checkpoint the driver's local run folder is deleted
+and one worker node is removed; a replacement node joins (what an autoscaler does) and Ray Train restarts
+the worker group from the S3 checkpoint on the surviving and the new node, to the last step.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from cdrl.config import load_config
+from tests.conftest import TINY_TOY
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+ITERATIONS = 400
+CHECKPOINT_EVERY = 40
+
+
+def worker_nodes_by_actor() -> dict[str, str]:
+    """actor id → node id of every Ray Train worker actor so far (alive or dead)."""
+    from ray.util.state import list_actors
+
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=1000, raise_on_missing_output=False)
+    return {a.actor_id: a.node_id for a in actors}
+
+
+def wait_for(condition, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_two_nodes_strict_spread_s3_mlflow_and_resume_after_losing_a_node(local_stack, tmp_path, monkeypatch):
+    import ray
+    from mlflow import MlflowClient
+    from ray.cluster_utils import Cluster
+
+    from pipeline.ray_backend import train_on_ray
+    from pipeline.run_data import dataset_for_run
+
+    for key, value in local_stack.env.items():  # the driver and every node started below see S3 and MLflow
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    bucket = local_stack.bucket
+    prep = subprocess.run([sys.executable, "pipeline/prepare_data.py", "--dataset", "8squares", "--num-points", "2000",
+                           "--out", f"s3://{bucket}/multinode/data", "--shards", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert prep.returncode == 0, prep.stderr
+    config = load_config(None, [
+        *TINY_TOY, "run.name=multinode", f"run.output_dir={tmp_path / 'driver'}", "ray.num_workers=2",
+        "ray.cpus_per_worker=1", "ray.placement_strategy=STRICT_SPREAD", "ray.max_failures=2",
+        f"train.iterations={ITERATIONS}", f"train.checkpoint_every={CHECKPOINT_EVERY}", "train.log_every=20",
+        f"data.uri=s3://{bucket}/multinode/data", f"run.storage_path=s3://{bucket}/multinode/ckpt",
+        f"tracking.uri={local_stack.mlflow_uri}", "eval.num_samples=200",
+    ])
+    s3 = boto3.client("s3", endpoint_url=local_stack.s3_endpoint, region_name="us-east-1")
+
+    def checkpoints() -> list[str]:
+        listing = s3.list_objects_v2(Bucket=bucket, Prefix="multinode/ckpt/multinode/")
+        return sorted(o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("/checkpoint.pt"))
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        node_a = cluster.add_node(num_cpus=2, resources={"node_a": 1})
+        node_b = cluster.add_node(num_cpus=2, resources={"node_b": 1})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address)
+        data_uri, manifest = dataset_for_run(config)
+        outcome: dict = {}
+
+        def fit() -> None:
+            try:
+                outcome["summary"] = train_on_ray(config, data_uri, manifest)
+            except BaseException as err:  # noqa: BLE001 — re-raised in the test thread below
+                outcome["error"] = err
+
+        runner = threading.Thread(target=fit, daemon=True)
+        runner.start()
+        wait_for(lambda: bool(checkpoints()) or not runner.is_alive(), 240, "the first S3 checkpoint")
+        assert runner.is_alive(), outcome.get("error") or "training ended before the first checkpoint was seen"
+        first_nodes = set(worker_nodes_by_actor().values())
+        assert first_nodes == {node_a.node_id, node_b.node_id}  # one worker per node
+
+        shutil.rmtree(tmp_path / "driver", ignore_errors=True)  # nothing may depend on the driver's disk
+        cluster.remove_node(node_b)
+        node_c = cluster.add_node(num_cpus=2, resources={"node_c": 1})
+        runner.join(timeout=400)
+        assert not runner.is_alive(), "training did not finish after the node was replaced"
+        if "error" in outcome:
+            raise outcome["error"]
+        summary = outcome["summary"]
+        all_nodes = set(worker_nodes_by_actor().values())
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+    assert summary["step"] == ITERATIONS and summary["num_workers"] == 2
+    assert node_c.node_id in all_nodes and node_a.node_id in all_nodes  # restarted on the survivor + the new node
+    assert summary["checkpoint"].startswith(f"s3://{bucket}/multinode/ckpt/multinode/checkpoint_")
+    assert any(key.startswith("multinode/ckpt/multinode/") for key in checkpoints())
+    client = MlflowClient(local_stack.mlflow_uri)
+    run = client.get_run(summary["mlflow"]["run_id"])
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "energy_loss")]
+    assert steps[-1] == ITERATIONS and max(steps) == ITERATIONS
+    assert "eval/in_support" in run.data.metrics
