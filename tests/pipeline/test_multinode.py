@@ -57,6 +57,7 @@ def test_two_nodes_strict_spread_s3_mlflow_and_resume_after_losing_a_node(local_
     for key, value in local_stack.env.items():  # the driver and every node started below see S3 and MLflow
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")  # actor start-up on a loaded 2-core CI box
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     bucket = local_stack.bucket
     prep = subprocess.run([sys.executable, "pipeline/prepare_data.py", "--dataset", "8squares", "--num-points", "2000",
@@ -76,7 +77,7 @@ def test_two_nodes_strict_spread_s3_mlflow_and_resume_after_losing_a_node(local_
         listing = s3.list_objects_v2(Bucket=bucket, Prefix="multinode/ckpt/multinode/")
         return sorted(o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("/checkpoint.pt"))
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         node_a = cluster.add_node(num_cpus=2, resources={"node_a": 1})
         node_b = cluster.add_node(num_cpus=2, resources={"node_b": 1})
