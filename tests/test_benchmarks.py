@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.common import BenchmarkError
 from benchmarks.toy_quality import Condition, check_bar, parse_bar, report_bandwidths
+from tests.conftest import TINY_TOY as CONFTEST_TINY_TOY
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TOY = ["train.batch_size=64", "langevin.num_steps=2"]
@@ -121,3 +122,33 @@ def test_digits_fid_writes_curve_and_classifier_accuracy(tmp_path):
     assert report["final_fid"] == report["curve"][-1]["fid/digits_8"] and report["real_digits_fid"] > 0
     assert report["classifier_held_out_accuracy"] > 0.95 and MACHINE_KEYS <= set(report["machine"])
     assert "fid/digits_8" in proc.stdout and "held-out" in proc.stdout
+
+
+TINY_NETS = [o for o in CONFTEST_TINY_TOY if o.startswith(("model.", "langevin.", "train.batch_size"))]
+STAND_IN_OFFICIAL = '''import json, os, time
+start = time.time()
+n = int(os.environ["N_IT"])
+print(json.dumps({"iter_s": 0.5 + 0.0 * n, "gen_s": 2.0 + 0.0 * (time.time() - start)}))
+'''
+
+
+def test_vs_official_alternates_and_reports_ratios(tmp_path):
+    """The alternation and the ratio arithmetic, with a stand-in for the official timing copy (fixed numbers)."""
+    official = tmp_path / "official_timed.py"
+    official.write_text(STAND_IN_OFFICIAL)
+    out = tmp_path / "vs.json"
+    run_script("vs_official.py", "--official-timed", str(official), *TINY_NETS, "--rounds", "2", "--iters", "1",
+               "--threads", "1", "--clock", "cpu", "--json", str(out))
+    report = json.loads(out.read_text())
+    assert [r["order"] for r in report["rounds"]] == [["official", "ours"], ["ours", "official"]]
+    ours = report["median"]["ours"]
+    assert report["median"]["official"] == {"iter_s": 0.5, "gen_s": 2.0}
+    assert report["speedup"] == {"iter_s": 0.5 / ours["iter_s"], "gen_s": 2.0 / ours["gen_s"]}
+    assert report["settings"]["clock"] == "cpu" and len(report["load_1m"]) == 4
+    assert 0 < report["ours_utilization"]["fraction_of_bf16_peak"]
+
+
+def test_vs_official_refuses_a_missing_official_script(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "vs_official.py"), "--official-timed",
+                           str(tmp_path / "missing.py")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --official-timed")

@@ -38,11 +38,20 @@ def worker_nodes_by_actor() -> dict[str, str]:
     return {a.actor_id: a.node_id for a in actors}
 
 
-def wait_for(condition, timeout_s: float, what: str) -> None:
+def cluster_state() -> str:
+    """Actors and placement groups, for the message of a timeout."""
+    from ray.util.state import list_actors, list_placement_groups
+
+    actors = [(a.class_name, a.state, a.node_id[:8] if a.node_id else None) for a in list_actors(limit=100)]
+    groups = [(g.state, g.bundles) for g in list_placement_groups(limit=20)]
+    return f"actors {actors}; placement groups {groups}"
+
+
+def wait_for(condition, timeout_s: float, what: str, state=lambda: "") -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}: {state()}")
         time.sleep(0.2)
 
 
@@ -58,6 +67,7 @@ def test_two_nodes_strict_spread_s3_mlflow_and_resume_after_losing_a_node(local_
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")  # actor start-up on a loaded 2-core CI box
+    monkeypatch.setenv("RAY_raylet_start_wait_time_s", "180")  # node start-up on a loaded 2-core box
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     bucket = local_stack.bucket
     prep = subprocess.run([sys.executable, "pipeline/prepare_data.py", "--dataset", "8squares", "--num-points", "2000",
@@ -94,7 +104,7 @@ def test_two_nodes_strict_spread_s3_mlflow_and_resume_after_losing_a_node(local_
 
         runner = threading.Thread(target=fit, daemon=True)
         runner.start()
-        wait_for(lambda: bool(checkpoints()) or not runner.is_alive(), 240, "the first S3 checkpoint")
+        wait_for(lambda: bool(checkpoints()) or not runner.is_alive(), 400, "the first S3 checkpoint", cluster_state)
         assert runner.is_alive(), outcome.get("error") or "training ended before the first checkpoint was seen"
         first_nodes = set(worker_nodes_by_actor().values())
         assert first_nodes == {node_a.node_id, node_b.node_id}  # one worker per node
