@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 KFP_VENV ?= .venv-kfp
 
-.PHONY: install kfp-env train test test-fast bench stack-up stack-down clean
+.PHONY: install kfp-env train test test-fast test-unit bench stack-up stack-down clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,11 @@ train: install
 test: install kfp-env
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q $(ARGS)
 
-test-fast: install
+test-fast: install   # no real Ray / S3 / MLflow servers
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-unit: install   # in-process only: no servers, no child processes, no full-size networks
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q -m "not slow and not subprocess and not full_size" $(ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/step_time.py --config pipeline/configs/toy_official.yaml --json benchmarks/results/step_time_toy_official.json

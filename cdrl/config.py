@@ -34,6 +34,7 @@ class DataConfig:
     name: str = "8squares"  # a built-in dataset (cdrl.data.BUILTIN_DATASETS)
     uri: str | None = None  # prepared Parquet shards (local folder or s3://); prepared from `name` if missing
     num_points: int = 50_000  # size of the fixed training set for generated data
+    horizontal_flip: bool = False  # random left-right flip of each image batch (official CIFAR-10 / ImageNet32, §11)
 
 
 @dataclass
@@ -200,6 +201,34 @@ class PerfConfig:
 
 
 @dataclass
+class HealthConfig:
+    """Training health guard: catches a diverging EBM (non-finite or exploding values) before it is saved.
+
+    A step whose energies, gradient norms (before clipping) or Langevin displacements (per level) are
+    non-finite or above the limits is skipped (no optimizer or EMA update). ``skip_limit`` bad steps in a
+    row roll back to the last good checkpoint with the learning rates times ``lr_scale`` and a new seed;
+    more than ``max_rollbacks`` rollbacks stop the run with an error.
+    """
+
+    enabled: bool = True
+    max_abs_energy: float = 1e6
+    max_grad_norm: float = 1e6
+    max_langevin_displacement: float = 1e4
+    skip_limit: int = 3
+    max_rollbacks: int = 3
+    lr_scale: float = 0.5
+
+
+@dataclass
+class FaultConfig:
+    """How long the pipeline rides out an infrastructure outage before it gives up with one clear line."""
+
+    storage_wait_s: float = 600.0  # checkpoint uploads retry with backoff this long while S3 is unreachable
+    tracking_buffer: int = 200_000  # metrics kept in memory while MLflow is unreachable (then written to a file)
+    tracking_flush_s: float = 300.0  # at the end, wait this long for MLflow to take the buffered metrics
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -215,6 +244,8 @@ class Config:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -377,6 +408,74 @@ def validate(config: Config) -> None:
         ("retrain.iterations", config.retrain.iterations, config.retrain.iterations >= 0, ">= 0"),
         ("retrain.eval_num_samples", config.retrain.eval_num_samples, config.retrain.eval_num_samples >= 0, ">= 0"),
     ]
-    for key, value, ok, rule in rules:
+    for key, value, ok, rule in rules + input_rules(config):
         if not ok:
             raise ConfigError(f"{key}: {value!r} is invalid (must be {rule})")
+
+
+def _credentials_in_uri(uri: str | None) -> bool:
+    """``scheme://user:password@host`` or a query string: credentials belong in the environment, not the config."""
+    if not uri or "://" not in uri:
+        return False
+    authority = uri.split("://", 1)[1].split("/", 1)[0]
+    return "@" in authority or "?" in uri
+
+
+def input_rules(config: Config) -> list[tuple[str, Any, bool, str]]:
+    """Every remaining value checked before anything runs (key, value, ok, rule)."""
+    t, gen, en, ini, h, f = (config.train, config.generation, config.model.energy_net, config.model.initializer,
+                             config.health, config.faults)
+    init_widths = [ini.base_channels * m for m in ini.channel_mult]
+    rules = [
+        ("train.log_every", t.log_every, t.log_every >= 1, ">= 1"),
+        ("train.checkpoint_every", t.checkpoint_every, t.checkpoint_every >= 0, ">= 0 (0: only at the end)"),
+        ("train.time_budget_s", t.time_budget_s, t.time_budget_s >= 0, ">= 0 (0: none)"),
+        ("train.initializer_warmup_offset", t.initializer_warmup_offset, t.initializer_warmup_offset >= 0, ">= 0"),
+        ("train.energy_betas", t.energy_betas, len(t.energy_betas) == 2 and all(0 <= b < 1 for b in t.energy_betas),
+         "two numbers in [0, 1)"),
+        ("train.initializer_betas", t.initializer_betas,
+         len(t.initializer_betas) == 2 and all(0 <= b < 1 for b in t.initializer_betas), "two numbers in [0, 1)"),
+        ("generation.batch_size", gen.batch_size, gen.batch_size >= 1, ">= 1"),
+        ("generation.steps_per_level", gen.steps_per_level, gen.steps_per_level is None or gen.steps_per_level >= 0,
+         ">= 0 or null"),
+        ("generation.guidance_weight", gen.guidance_weight, gen.guidance_weight >= 0, ">= 0"),
+        ("model.energy_net.base_channels", en.base_channels, en.base_channels >= 1, ">= 1"),
+        ("model.energy_net.channel_mult", en.channel_mult, bool(en.channel_mult) and min(en.channel_mult) >= 1,
+         "a non-empty list of integers >= 1"),
+        ("model.energy_net.blocks_per_resolution", en.blocks_per_resolution, en.blocks_per_resolution >= 1, ">= 1"),
+        ("model.energy_net.temb_dim", en.temb_dim, en.temb_dim >= 4 and en.temb_dim % 2 == 0,
+         "even and >= 4 (half sines, half cosines, §5.1)"),
+        ("model.energy_net.temb_hidden", en.temb_hidden, en.temb_hidden >= 1, ">= 1"),
+        ("model.initializer.base_channels", ini.base_channels, ini.base_channels >= 1, ">= 1"),
+        ("model.initializer.channel_mult", ini.channel_mult, bool(ini.channel_mult) and min(ini.channel_mult) >= 1,
+         "a non-empty list of integers >= 1"),
+        ("model.initializer.num_res_blocks", ini.num_res_blocks, ini.num_res_blocks >= 1, ">= 1"),
+        ("model.initializer.attention_resolutions", ini.attention_resolutions,
+         all(r >= 1 for r in ini.attention_resolutions), "image sizes >= 1"),
+        ("model.initializer.dropout", ini.dropout, 0 <= ini.dropout < 1, "in [0, 1)"),
+        ("model.initializer.temb_dim", ini.temb_dim, ini.temb_dim >= 4 and ini.temb_dim % 2 == 0,
+         "even and >= 4 (half sines, half cosines, §5.1)"),
+        ("model.initializer.temb_hidden", ini.temb_hidden, ini.temb_hidden >= 1, ">= 1"),
+        ("model.initializer.groups", ini.groups, ini.groups >= 1 and all(w % ini.groups == 0 for w in init_widths),
+         f"a divisor of every GroupNorm width {init_widths} (base_channels × channel_mult)"),
+        ("ray.inject_crash_at_step", config.ray.inject_crash_at_step, config.ray.inject_crash_at_step >= 0, ">= 0"),
+        ("tracking.experiment", config.tracking.experiment, bool(config.tracking.experiment.strip()), "non-empty"),
+        ("run.output_dir", config.run.output_dir, "://" not in config.run.output_dir,
+         "a local folder (checkpoints may go to s3:// via run.storage_path)"),
+        ("health.max_abs_energy", h.max_abs_energy, h.max_abs_energy > 0, "> 0"),
+        ("health.max_grad_norm", h.max_grad_norm, h.max_grad_norm > 0, "> 0"),
+        ("health.max_langevin_displacement", h.max_langevin_displacement, h.max_langevin_displacement > 0, "> 0"),
+        ("health.skip_limit", h.skip_limit, h.skip_limit >= 1, ">= 1"),
+        ("health.max_rollbacks", h.max_rollbacks, h.max_rollbacks >= 0, ">= 0"),
+        ("health.lr_scale", h.lr_scale, 0 < h.lr_scale <= 1, "in (0, 1]"),
+        ("faults.storage_wait_s", f.storage_wait_s, f.storage_wait_s >= 0, ">= 0"),
+        ("faults.tracking_buffer", f.tracking_buffer, f.tracking_buffer >= 1, ">= 1"),
+        ("faults.tracking_flush_s", f.tracking_flush_s, f.tracking_flush_s >= 0, ">= 0"),
+    ]
+    for key in ("data.uri", "run.storage_path", "tracking.uri"):
+        section, name = key.split(".")
+        uri = getattr(getattr(config, section), name)
+        if _credentials_in_uri(uri):  # the value is not echoed: it may hold a secret
+            raise ConfigError(f"{key}: credentials or query strings in URIs are refused; pass them in the "
+                              "environment (AWS_*, MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN) or the cloud's identity")
+    return rules

@@ -1,10 +1,13 @@
 """Build the schedule table, networks, objective and trainer from one Config."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 from cdrl.config import Config
+from cdrl.health import HealthLimits
 from cdrl.nets import build_energy_net, build_initializer
 from cdrl.objectives.cdrl import CooperativeRecoveryLikelihood
 from cdrl.perf import PerfSettings, energy_call, to_memory_format
@@ -35,7 +38,9 @@ def net_device(nets: dict[str, nn.Module]) -> torch.device:
     return next(next(iter(nets.values())).parameters()).device
 
 
-def build_trainer(config: Config, nets: dict[str, nn.Module], levels: LevelTable) -> Trainer:
+def build_trainer(config: Config, nets: dict[str, nn.Module], levels: LevelTable,
+                  agree: Callable[[bool], bool] = lambda bad: bad) -> Trainer:
+    """``agree``: the data-parallel any-rank reduction the health guard uses to skip steps together."""
     t = config.train
     perf = PerfSettings.resolve(config.perf, net_device(nets))
     objective = CooperativeRecoveryLikelihood(
@@ -52,7 +57,10 @@ def build_trainer(config: Config, nets: dict[str, nn.Module], levels: LevelTable
             fused=fused,
         ),
     }
-    return Trainer(nets, objective, optimizers, t.grad_clip, t.ema_decay, zero_grad=t.zero_grad, perf=perf)
+    h = config.health
+    health = HealthLimits(h.max_abs_energy, h.max_grad_norm, h.max_langevin_displacement) if h.enabled else None
+    return Trainer(nets, objective, optimizers, t.grad_clip, t.ema_decay, zero_grad=t.zero_grad, health=health,
+                   agree=agree, perf=perf)
 
 
 def nets_from_checkpoint(checkpoint: dict, device: torch.device | str = "cpu", use_ema: bool = True) -> tuple[Config, dict[str, nn.Module], tuple[int, ...]]:

@@ -7,12 +7,13 @@ the PerfSettings' autocast region, the backward outside it (cdrl/perf.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
 
 from cdrl.ema import EMA
+from cdrl.health import HealthLimits, find_problems
 from cdrl.objectives.base import Objective, unwrap
 from cdrl.perf import PerfSettings
 
@@ -52,7 +53,11 @@ class Trainer:
         ema_decay: float,
         zero_grad: bool = True,
         perf: PerfSettings | None = None,
+        health: HealthLimits | None = None,
+        agree: Callable[[bool], bool] = lambda bad: bad,
     ):
+        """``health``: skip steps whose values break these limits (None: a non-finite loss raises).
+        ``agree``: True on every data-parallel rank when it is True on any, so all ranks skip together."""
         missing = set(objective.network_names) - set(nets)
         if missing:
             raise ValueError(f"objective needs networks {sorted(missing)} that were not given")
@@ -66,6 +71,8 @@ class Trainer:
             self.optimizers[name], self.schedules[name] = optimizers[name].build(self.nets[name])
             self.emas[name] = EMA(unwrap(self.nets[name]), ema_decay)
         self.step_count = 0
+        self.health, self.agree = health, agree
+        self.last_problems: list[str] = []  # why the last step was skipped (empty: it was applied)
 
     def step(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         if self.zero_grad:
@@ -74,20 +81,49 @@ class Trainer:
         with self.perf.autocast():
             out = self.objective(self.nets, x, labels)
         total = sum(out.losses.values())
-        if not torch.isfinite(total):
+        if self.health is None and not torch.isfinite(total):
             raise FloatingPointError(f"non-finite loss at step {self.step_count}: " + ", ".join(
                 f"{k}={v.item():.4g}" for k, v in out.losses.items()))
         total.backward()
         metrics = dict(out.metrics)
         for name, optimizer in self.optimizers.items():
-            net = self.nets[name]
-            metrics[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(net.parameters(), self.grad_clip)
+            metrics[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(self.nets[name].parameters(), self.grad_clip)
             metrics[f"lr/{name}"] = torch.tensor(optimizer.param_groups[0]["lr"])
+        if self.health is not None and self._skip_if_unhealthy(out, metrics):
+            return metrics
+        for name, optimizer in self.optimizers.items():
+            net = self.nets[name]
             optimizer.step()
             self.schedules[name].step()
             self.emas[name].update(unwrap(net))
         self.step_count += 1
         return metrics
+
+    def _skip_if_unhealthy(self, out, metrics: dict[str, torch.Tensor]) -> bool:
+        """Check the step against the health limits; a bad step changes no weights, optimizer state or EMA.
+
+        The step still counts (step_count advances, the LR schedules do not), so the next step draws new
+        randomness.
+        """
+        checks = {f"loss/{k}": v for k, v in out.losses.items()}
+        checks.update(out.health)
+        checks.update({k: v for k, v in metrics.items() if k.startswith("grad_norm/")})
+        problems = find_problems(checks, self.health)
+        if not self.agree(bool(problems)):
+            self.last_problems = []
+            return False
+        self.last_problems = problems or ["another data-parallel rank saw a bad step"]
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        self.step_count += 1
+        return True
+
+    def scale_learning_rates(self, factor: float) -> None:
+        """Multiply every network's learning rate (and its schedule's base) by ``factor`` (rollback, §health)."""
+        for name, schedule in self.schedules.items():
+            schedule.base_lrs = [lr * factor for lr in schedule.base_lrs]
+            for group in self.optimizers[name].param_groups:
+                group["lr"] *= factor
 
     def averaged(self, name: str) -> nn.Module:
         """The EMA version of network ``name`` (a copy in eval mode), the default for sampling."""

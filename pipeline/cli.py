@@ -1,6 +1,7 @@
 """Shared command-line plumbing for the entry points: repo on sys.path, one-line errors, JSON output."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -15,10 +16,27 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def run_main(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...]) -> None:
-    """Run ``main``; a user error (bad config, bad data, unreachable service) exits 2 with one line."""
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error convention: one ``error: …`` line on stderr, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {self.prog}: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_main(main: Callable[[], int | None], user_errors: tuple[type[BaseException], ...],
+             run_failures: tuple[type[BaseException], ...] = ()) -> None:
+    """Run ``main``; a user error (bad config, bad data, unreachable service) exits 2 with one line; a run
+    that was stopped for a reason it names (divergence, storage gone for good) exits 1 with one line."""
     try:
         sys.exit(main() or 0)
     except user_errors as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
+    except run_failures as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())

@@ -11,6 +11,7 @@ from pipeline.datasets.manifest import Manifest
 from pipeline.datasets.reader import read_arrays
 from pipeline.evaluation import Evaluator, evaluate_trainer, summary_metrics
 from pipeline.local_checkpoints import LocalCheckpointDir
+from pipeline.health_guard import TrainingDiverged
 from pipeline.loop import LoopHooks, TrainingData, WorkerContext, run_training
 from pipeline.reference_stats import dataset_reference
 
@@ -30,9 +31,10 @@ def train_locally(config: Config, data_uri: str, manifest: Manifest, warm_start:
     out = run_dir(config)
     store = LocalCheckpointDir(config.run.storage_path or out / "checkpoints", config.run.keep_checkpoints)
     data = load_training_data(data_uri)
-    resume = store.load_latest()
-    if resume is not None:
-        print(f"resuming {config.run.name} from {store.latest()} (step {resume['trainer']['step']})")
+    latest = store.load_latest()
+    resume = latest[1] if latest else None
+    if latest is not None:
+        print(f"resuming {config.run.name} from {latest[0]} (step {resume['trainer']['step']})")
     metrics_file = out / "metrics.jsonl"
     out.mkdir(parents=True, exist_ok=True)
     saved: dict[str, str] = {}
@@ -52,8 +54,14 @@ def train_locally(config: Config, data_uri: str, manifest: Manifest, warm_start:
         with metrics_file.open("a") as f:
             f.write(json.dumps({"step": step, **evaluation["metrics"]}) + "\n")
 
-    hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_now)
+    def health_event(step: int, kind: str, detail: str) -> None:
+        with metrics_file.open("a") as f:
+            f.write(json.dumps({"step": step, "health_event": kind, "detail": detail}) + "\n")
+
+    hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_now, health_event=health_event)
     result = run_training(config, data, WorkerContext(), hooks, resume, warm_start)
+    if result.diverged:
+        raise TrainingDiverged(result.diverged)
     metrics, artifacts = evaluation["metrics"], evaluation["artifacts"]
     return {
         "run_name": config.run.name,

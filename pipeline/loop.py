@@ -17,8 +17,10 @@ from tqdm import tqdm
 
 from cdrl.checkpoint import build_checkpoint
 from cdrl.config import Config
+from cdrl.data.augment import random_horizontal_flip
 from cdrl.factory import build_levels, build_nets, build_trainer
 from cdrl.training import Trainer
+from pipeline.health_guard import HealthGuard
 
 
 @dataclass
@@ -49,6 +51,7 @@ class LoopHooks:
     # every eval.every steps (and tune.eval_every_s training seconds) and at the end, on every rank
     evaluate: Callable[[int, Trainer, bool], None] = lambda step, trainer, final: None
     after_step: Callable[[int], None] = lambda step: None
+    health_event: Callable[[int, str, str], None] = lambda step, kind, detail: None  # skip / rollback / diverged
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -82,7 +85,7 @@ def build_worker_trainer(config: Config, item_shape: tuple[int, ...], ctx: Worke
     torch.manual_seed(config.run.seed)
     levels = build_levels(config, ctx.device)
     nets = {name: ctx.wrap(net) for name, net in build_nets(config, item_shape, ctx.device).items()}
-    return build_trainer(config, nets, levels)
+    return build_trainer(config, nets, levels, agree=ctx.any_rank_flag)
 
 
 def warm_start_weights(checkpoint: dict) -> dict:
@@ -105,6 +108,7 @@ def load_warm_start(trainer: Trainer, weights: dict) -> None:
 class LoopResult:
     trainer: Trainer
     train_seconds: float  # time spent in training steps (evaluation and checkpoints excluded)
+    diverged: str | None = None  # the health guard's reason when it stopped the run (no final checkpoint)
 
 
 def run_training(
@@ -132,27 +136,42 @@ def run_training(
     start, elapsed = trainer.step_count, float(resume.get("extra", {}).get("train_seconds", 0.0)) if resume else 0.0
     every_s = config.tune.eval_every_s  # > 0: also evaluate (hooks.evaluate) at fixed training times, for Tune
     next_eval_s = (elapsed // every_s + 1) * every_s if every_s > 0 else float("inf")
+
+    def health_event(step: int, kind: str, detail: str) -> None:
+        progress.write(f"health: {detail}")
+        hooks.health_event(step, kind, detail)
+
+    guard = HealthGuard(config, trainer, health_event, resume.get("extra", {}).get("health") if resume else None)
+    diverged = None
     progress = tqdm(total=t.iterations, initial=start, desc=f"train {config.run.name}", disable=ctx.rank != 0,
                     mininterval=2.0, unit="it")
     window_start, window_steps = time.perf_counter(), 0
 
     def snapshot() -> dict:
-        extra = {"train_seconds": elapsed, "world_size": ctx.world_size}
+        extra = {"train_seconds": elapsed, "world_size": ctx.world_size, "health": guard.counters()}
         return build_checkpoint(trainer.state_dict(), config.to_dict(), data.item_shape, extra)
 
     while trainer.step_count < t.iterations:
         step = trainer.step_count
         step_start = time.perf_counter()
-        seed = step_seed(config.run.seed, ctx.rank, step)
+        seed = step_seed(guard.seed, ctx.rank, step)
         torch.manual_seed(seed)
         sampler.manual_seed(seed)
         index = torch.randperm(len(data.x), generator=sampler)[:batch].to(data.x.device)
         labels = data.labels[index] if data.labels is not None else None
-        metrics = trainer.step(data.x[index], labels)
+        x = data.x[index]
+        if config.data.horizontal_flip:
+            x = random_horizontal_flip(x, sampler)
+        metrics = trainer.step(x, labels)
+        diverged = guard.after_step()
         elapsed += time.perf_counter() - step_start
-        progress.update(1)
+        if diverged:
+            break
+        progress.update(trainer.step_count - progress.n)
         window_steps += 1
         done = trainer.step_count
+        if done <= step:  # rolled back: continue from the restored step
+            continue
         hooks.after_step(done)
         timed_eval = every_s > 0 and ctx.any_rank_flag(elapsed >= next_eval_s)  # the same step on every rank
         if done % t.log_every == 0 or done == t.iterations or timed_eval:  # a timed evaluation logs too
@@ -160,6 +179,7 @@ def run_training(
             floats = metrics_to_floats(metrics)
             floats["samples_per_s"] = window_steps * t.batch_size / max(now - window_start, 1e-9)
             floats["train_seconds"] = elapsed
+            floats.update({f"health/{k}": float(v) for k, v in guard.counters().items()})
             progress.set_postfix(ebm=f"{floats['energy_loss']:.3g}", init=f"{floats['initializer_loss']:.3g}")
             hooks.log(done, floats)
             window_start, window_steps = time.perf_counter(), 0
@@ -173,7 +193,10 @@ def run_training(
             hooks.evaluate(done, trainer, False)
         if t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.iterations:
             hooks.checkpoint(done, snapshot(), False)
+            guard.checkpointed()
     progress.close()
+    if diverged:
+        return LoopResult(trainer, elapsed, diverged)
     hooks.evaluate(trainer.step_count, trainer, True)
     hooks.checkpoint(trainer.step_count, snapshot(), True)
     return LoopResult(trainer, elapsed)

@@ -14,6 +14,7 @@ from pathlib import Path
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from pipeline.cli import Parser  # noqa: E402
 from pipeline.datasets.catalog import DATASET_NAMES, open_source  # noqa: E402
 from pipeline.datasets.errors import DatasetError, StorageError  # noqa: E402
 from pipeline.datasets.writer import write_dataset  # noqa: E402
@@ -29,7 +30,8 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
+        prog="pipeline/prepare_data.py",
         description="Write a dataset as Parquet shards + manifest.json (the manifest last, so readers only "
         "ever see complete datasets). Same inputs give byte-identical shards and the same version id.",
         epilog="S3 settings come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and "
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Prepare the dataset; on bad input print one line to stderr and return 1."""
+    """Prepare the dataset; on bad input print one ``error:`` line to stderr and return 2."""
     args = build_parser().parse_args(argv)
     try:
         source = open_source(
@@ -74,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         manifest = write_dataset(source, args.out, args.shards)
     except (DatasetError, StorageError) as error:
-        print(f"prepare_data: error: {error}", file=sys.stderr)
-        return 1
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        return 2
     print(
         f"wrote {manifest.dataset}: {manifest.num_rows} rows of {manifest.dtype} {list(manifest.item_shape)} "
         f"in {len(manifest.shards)} shards to {args.out}; version {manifest.version}"

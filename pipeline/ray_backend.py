@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -16,16 +18,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from cdrl.checkpoint import load_checkpoint, save_checkpoint
-from cdrl.config import Config, config_from_dict
+from cdrl.checkpoint import serialize
+from cdrl.config import Config, ConfigError, config_from_dict
+from pipeline.checkpoint_io import CHECKPOINT_FILE, CHECKPOINT_NAMES, checkpoint_files, load_newest_valid, upload_folder
 from pipeline.datasets.manifest import Manifest
 from pipeline.evaluation import Evaluator, evaluate_trainer, summary_metrics
 from pipeline.loop import LoopHooks, TrainingData, WorkerContext, run_training
 from pipeline.reference_stats import dataset_reference, prepare_reference_stats
+from pipeline.health_guard import TrainingDiverged
+from pipeline.run_failures import InfrastructureFailure, infrastructure_failure
 from pipeline.tracking import RunLogger, start_run
+from pipeline.tracking_buffer import BufferedRunLogger
 
-CHECKPOINT_FILE = "checkpoint.pt"
 READ_BATCH_ROWS = 8192
+LOOPBACK = "127.0.0.1"
+LOCAL_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, servers on loopback
+FINISH_WAIT_S = 60.0
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -42,6 +50,18 @@ def checkpoint_uri(config: Config, checkpoint_path: str) -> str:
     return f"{prefix}{checkpoint_path.rstrip('/')}/{CHECKPOINT_FILE}"
 
 
+def ray_storage(config: Config) -> dict[str, Any]:
+    """RunConfig storage arguments. For S3, a filesystem whose requests back off and retry for
+    ``faults.storage_wait_s``, so Ray Train's own writes ride out an outage as our uploads do."""
+    root = storage_root(config)
+    if not root.startswith("s3://"):
+        return {"storage_path": root}
+    from pipeline.datasets import storage
+
+    return {"storage_path": root[len("s3://") :],
+            "storage_filesystem": storage.patient_s3_filesystem(root, config.faults.storage_wait_s)}
+
+
 def check_storage(config: Config) -> None:
     """Fail before training when the checkpoint store is an unreachable or missing S3 bucket."""
     root = storage_root(config)
@@ -49,6 +69,21 @@ def check_storage(config: Config) -> None:
         from pipeline.datasets import storage
 
         storage.list_names(root)  # raises StorageError naming the URI
+
+
+def running_cluster_known() -> bool:
+    """Whether there is a cluster to join: RAY_ADDRESS (``ray job submit``) or ``ray start``'s address file."""
+    if os.environ.get("RAY_ADDRESS"):
+        return True
+    temp = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+    return (Path(temp) / "ray" / "ray_current_cluster").is_file()
+
+
+def keep_local_ray_on_loopback() -> None:
+    """Before Ray is imported: an in-process cluster started by this driver serves this machine only, so
+    every Ray server binds 127.0.0.1 (Ray's single-machine mode) instead of the node address and ::."""
+    if "ray" not in sys.modules and not running_cluster_known():
+        os.environ.setdefault(LOCAL_RAY_ENV, "0")
 
 
 def connect_ray() -> None:
@@ -71,12 +106,24 @@ def quiet_ray_data() -> None:
     DataContext.get_current().enable_progress_bars = False
 
 
+def check_scaling(config: Config, manifest: Manifest) -> None:
+    """The global batch splits evenly over the workers, and each worker's share of the data holds a batch."""
+    workers, batch = config.ray.num_workers, config.train.batch_size
+    if batch % workers:
+        raise ConfigError(f"train.batch_size: {batch} is not divisible by ray.num_workers={workers}")
+    rows = manifest.num_rows // workers
+    if batch // workers > rows:
+        raise ConfigError(f"train.batch_size: {batch // workers} per worker exceeds the {rows} rows each of the "
+                          f"{workers} workers holds ({manifest.num_rows} in the dataset)")
+
+
 def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: dict | None = None,
                  run_callbacks: list | None = None, tracking_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train on Ray Train (resuming this run if its storage has checkpoints, else from ``warm_start`` weights);
     with tracking on, a finished run registers one model version (``pipeline.registry``) from this driver.
     ``run_callbacks`` go to Ray Train's RunConfig (Tune trials pass their reporter), ``tracking_tags`` to the
     MLflow run (a trial's parent run and trial id)."""
+    keep_local_ray_on_loopback()
     import ray
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -84,6 +131,7 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: 
 
     from pipeline.datasets.reader import ray_dataset
 
+    check_scaling(config, manifest)
     check_storage(config)
     prepare_reference_stats(config, data_uri, manifest)  # once, here, rather than on a worker mid-run
     tracking = None
@@ -99,13 +147,14 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: 
         train_loop_config={"config": config.to_dict(), "data_uri": data_uri, "manifest": manifest.to_json(),
                            "tracking": tracking, "run_dir": str(run_dir),
                            # through the object store: workers on other nodes cannot read the driver's disk
-                           "warm_start": ray.put(warm_start) if warm_start is not None else None},
+                           "warm_start": ray.put(warm_start) if warm_start is not None else None,
+                           "checkpoint_root": f"{storage_root(config)}/{config.run.name}"},
         scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
                                      resources_per_worker={"CPU": config.ray.cpus_per_worker},
                                      placement_strategy=config.ray.placement_strategy),
         run_config=RunConfig(
             name=config.run.name,
-            storage_path=storage_root(config),
+            **ray_storage(config),
             checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
             callbacks=run_callbacks,
@@ -115,16 +164,21 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: 
     )
     try:
         result = trainer.fit()
-    except Exception:
+    except Exception as error:
+        failure = infrastructure_failure(error)
         if tracking:
-            RunLogger(*tracking).finish("FAILED")
+            finish_tracking(tracking, "FAILED", {"cdrl.failure": failure or type(error).__name__})
+        if failure:
+            raise InfrastructureFailure(failure) from error
         raise
     metrics = dict(result.metrics or {})
+    if metrics.get("health/diverged"):
+        if tracking:
+            finish_tracking(tracking, "FAILED", {"cdrl.failure": metrics["health/diverged"]})
+        raise TrainingDiverged(metrics["health/diverged"])
     uri = checkpoint_uri(config, result.checkpoint.path) if result.checkpoint else None
     registered = None
     if tracking:
-        logger = RunLogger(*tracking)
-        logger.set_tags({"checkpoint_uri": uri})
         if config.registry.enabled and uri:
             from pipeline.registry import register_checkpoint
 
@@ -132,7 +186,7 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: 
                                                                               "step": int(metrics.get("step", 0))})
             registered = {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
             print(f"registered {registered['uri']}")
-        logger.finish()
+        finish_tracking(tracking, "FINISHED", {"checkpoint_uri": uri})
     return {
         "run_name": config.run.name,
         "backend": "ray",
@@ -145,7 +199,32 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: 
         "mlflow": {"tracking_uri": tracking[0], "run_id": tracking[1]} if tracking else None,
         "registered_model": registered,
         "dataset_version": manifest.version,
+        "mlflow_unsent_metrics": int(metrics.get("tracking/unsent_metrics", 0)),
     }
+
+
+def finish_tracking(tracking: tuple[str, str], status: str, tags: dict[str, Any]) -> None:
+    """End the MLflow run; an unreachable server costs a warning, never the training run's result."""
+    from pipeline.datasets.storage import with_retries
+
+    def finish() -> None:
+        logger = RunLogger(*tracking)
+        logger.set_tags(tags)
+        logger.finish(status)
+
+    try:
+        with_retries(lambda: _as_os_error(finish), tracking[0], "end the MLflow run at", FINISH_WAIT_S)
+    except OSError as error:
+        print(f"warning: could not mark MLflow run {tracking[1]} {status}: {error}", file=sys.stderr)
+
+
+def _as_os_error(operation) -> None:
+    try:
+        operation()
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 — MLflow client errors, retried like storage errors
+        raise ConnectionError(" ".join(str(error).split())[:300]) from error
 
 
 # ----------------------------------------------------------------------------------------------- worker
@@ -174,12 +253,18 @@ def load_worker_data(manifest: Manifest, rank: int, world_size: int, device: tor
     return TrainingData(x, y)
 
 
-def silence_report_lines() -> None:
-    """Ray Train logs every report's full metrics dict at INFO from each worker, under a logger named by
-    its file path; the training loop prints its own progress."""
-    from ray.train.v2._internal.execution import context
+class _DropReportLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Reporting training result")
 
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+def silence_report_lines() -> None:
+    """Ray Train logs every report's full metrics dict at INFO from each worker (under a logger named by
+    its source file); the training loop prints its own progress. Filter those records, without importing
+    Ray's internals."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.startswith(("ray", "/")) and "train" in name:
+            logger.addFilter(_DropReportLines())
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
@@ -211,14 +296,33 @@ def all_gather_rows(tensor: torch.Tensor, device: torch.device) -> list[torch.Te
     return [part[: int(c.item())].cpu() for part, c in zip(parts, counts)]
 
 
-def _resume_state() -> dict | None:
+def _resume_state(checkpoint_root: str, wait_s: float, rank: int) -> dict | None:
+    """The newest checkpoint of this run that passes its integrity check (older ones are tried in turn)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
-    with checkpoint.as_directory() as folder:
-        return load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    uri, state = load_newest_valid(checkpoint_root, Path(checkpoint.path).name, wait_s)
+    if rank == 0:
+        print(f"resuming {Path(checkpoint_root).name} from {uri} (step {state['trainer']['step']})", flush=True)
+    return state
+
+
+def upload_with_retries(checkpoint_root: str, wait_s: float):
+    """A ``checkpoint_upload_fn`` for ray.train.report: our own upload, retried with backoff while storage is
+    unreachable (Ray's own retries come back-to-back), the integrity record written last."""
+    import ray.train
+
+    def upload(checkpoint, checkpoint_dir_name: str):
+        storage = ray.train.get_context().get_storage()
+        destination = f"{storage.experiment_fs_path}/{checkpoint_dir_name}"
+        files = [(name, (Path(checkpoint.path) / name).read_bytes()) for name in CHECKPOINT_NAMES]
+        upload_folder(storage.storage_filesystem, destination, files, f"{checkpoint_root}/{checkpoint_dir_name}",
+                      wait_s)
+        return ray.train.Checkpoint(path=destination, filesystem=storage.storage_filesystem)
+
+    return upload
 
 
 def worker_main(loop_config: dict[str, Any]) -> None:
@@ -236,10 +340,15 @@ def worker_main(loop_config: dict[str, Any]) -> None:
                         wrap=lambda net: ray.train.torch.prepare_model(net, move_to_device=device),
                         any_rank_flag=lambda flag: any_rank(flag, device))
     silence_report_lines()
-    logger = RunLogger(*loop_config["tracking"]) if rank == 0 and loop_config["tracking"] else None
-    if logger:
-        logger.start_system_metrics()
+    system_metrics = RunLogger(*loop_config["tracking"]) if rank == 0 and loop_config["tracking"] else None
+    if system_metrics:
+        system_metrics.start_system_metrics()
     run_dir = Path(loop_config["run_dir"])
+    checkpoint_root, faults = loop_config["checkpoint_root"], config.faults
+    logger = None
+    if rank == 0 and loop_config["tracking"]:
+        logger = BufferedRunLogger(*loop_config["tracking"], spill_file=run_dir / "mlflow_unsent_metrics.jsonl",
+                                   capacity=faults.tracking_buffer)
     last_metrics: dict[str, float] = {}
 
     def log(step: int, metrics: dict[str, float]) -> None:
@@ -280,13 +389,25 @@ def worker_main(loop_config: dict[str, Any]) -> None:
             final_eval.update({f"artifact/{k}": str(v) for k, v in artifacts.items()})
 
     def checkpoint(step: int, state: dict, final: bool) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            saved = None
-            if rank == 0:
-                save_checkpoint(state, Path(folder) / CHECKPOINT_FILE)
-                saved = ray.train.Checkpoint.from_directory(folder)
-            extra = {"train_seconds": state["extra"]["train_seconds"], **final_eval} if final else {}
-            ray.train.report({"step": step, **last_metrics, **extra}, checkpoint=saved)
+        extra = {"train_seconds": state["extra"]["train_seconds"], **final_eval} if final else {}
+        if final and logger:
+            extra["tracking/unsent_metrics"] = logger.close(faults.tracking_flush_s)["unsent"]
+        saved = None
+        if rank == 0:
+            payload, record = serialize(state)
+            folder = Path(tempfile.mkdtemp(prefix="cdrl-checkpoint-"))
+            for name, content in checkpoint_files(payload, record):
+                (folder / name).write_bytes(content)
+            saved = ray.train.Checkpoint.from_directory(str(folder))
+        ray.train.report({"step": step, **last_metrics, **extra}, checkpoint=saved,
+                         checkpoint_upload_fn=upload_with_retries(checkpoint_root, faults.storage_wait_s))
+        if saved is not None:
+            shutil.rmtree(saved.path, ignore_errors=True)
+
+    def health_event(step: int, kind: str, detail: str) -> None:
+        if logger:
+            logger.log_metrics(step, {f"health/event_{kind}": 1.0})
+            logger.set_tags({f"health.last_{kind}": detail[:4900]})
 
     def crash_once(step: int) -> None:
         marker = run_dir / f".crash_injected_at_{step}"
@@ -294,10 +415,15 @@ def worker_main(loop_config: dict[str, Any]) -> None:
             marker.touch()
             os._exit(1)  # a lost worker: Ray Train restarts the group from the last checkpoint
 
-    hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_and_report, after_step=crash_once)
+    hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_and_report, after_step=crash_once,
+                      health_event=health_event)
     warm_start = ray.get(loop_config["warm_start"]) if loop_config["warm_start"] is not None else None
     try:
-        run_training(config, data, ctx, hooks, resume=_resume_state(), warm_start=warm_start)
+        result = run_training(config, data, ctx, hooks, resume=_resume_state(checkpoint_root, faults.storage_wait_s, rank),
+                              warm_start=warm_start)
     finally:
-        if logger:
-            logger.stop_system_metrics()
+        if system_metrics:
+            system_metrics.stop_system_metrics()
+    if result.diverged:  # every rank stops here together; the driver turns this into one error line
+        extra = {"tracking/unsent_metrics": logger.close(faults.tracking_flush_s)["unsent"]} if logger else {}
+        ray.train.report({"step": result.trainer.step_count, "health/diverged": result.diverged, **extra})

@@ -24,25 +24,26 @@ from cdrl.factory import build_levels, nets_from_checkpoint  # noqa: E402
 from cdrl.generation import Conditioning, generate_in_batches  # noqa: E402
 from cdrl.perf import PerfSettings  # noqa: E402
 from pipeline.checkpoint_io import read_checkpoint  # noqa: E402
-from pipeline.cli import run_main  # noqa: E402
+from pipeline.cli import Parser, run_main  # noqa: E402
 from pipeline.model_ref import ModelRefError, resolve_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pipeline/sample.py", description=__doc__,
+    parser = Parser(prog="pipeline/sample.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, metavar="REF",
                         help="checkpoint file or folder (local path or s3:// URI), a run name, or a registered model: "
                              "models:/NAME@ALIAS or models:/NAME/VERSION (tracking server: $MLFLOW_TRACKING_URI)")
-    parser.add_argument("--num-samples", type=int, required=True)
+    parser.add_argument("--num-samples", type=int, required=True, metavar="N", help="how many samples to draw (>= 1)")
     parser.add_argument("--out", required=True, help="output .npy file")
     parser.add_argument("--steps-per-level", type=int, help="Langevin steps per level (default: the config's)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampler's randomness (default: %(default)s)")
     parser.add_argument("--grid", help="also write a PNG: image grid, or scatter for 2-D data")
     parser.add_argument("--label", type=int, help="class label (0-based) for a class-conditional model")
     parser.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight w (§8)")
     parser.add_argument("--raw-weights", action="store_true", help="use the raw (non-EMA) weights")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device to sample on (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -75,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.steps_per_level is not None and args.steps_per_level < 0:
+        raise ConfigError(f"--steps-per-level must be >= 0, got {args.steps_per_level}")
+    if args.guidance is not None and args.guidance < 0:
+        raise ConfigError(f"--guidance must be >= 0, got {args.guidance}")
+    try:
+        torch.device(args.device)
+    except RuntimeError as err:
+        raise ConfigError(f"--device {args.device!r}: {err}") from err
     checkpoint = resolve_checkpoint(args.checkpoint)
     config, nets, data_shape = nets_from_checkpoint(read_checkpoint(checkpoint), args.device, not args.raw_weights)
     samples = draw_samples(config, nets, data_shape, args.num_samples, args.label, args.guidance,

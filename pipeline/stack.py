@@ -18,8 +18,12 @@ Python (tests use it through ``tests/stack_fixtures.py``)::
     with LocalStack(tmp_dir, mlflow=False) as stack:   # None ports: free ones are chosen
         os.environ.update(stack.env)
 
-The S3 credentials are local development values; override them with ``CDRL_STACK_ACCESS_KEY`` and
-``CDRL_STACK_SECRET_KEY``.
+The S3 credentials are random for every stack (never a well-known default); set them with
+``CDRL_STACK_ACCESS_KEY`` and ``CDRL_STACK_SECRET_KEY``. ``DIR/env.sh`` and ``DIR/state.json``, which hold
+them, are readable by their owner only.
+
+Fault injection (tests): ``stop_server("s3" | "mlflow")`` and ``start_server(...)`` stop a server and start
+it again on the same ports with the same data.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import ipaddress
 import json
 import os
 import random
+import secrets
 import shlex
 import signal
 import socket
@@ -46,25 +51,26 @@ from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pipeline.cli import Parser
+
 DEFAULT_DIR = ".stack"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_BUCKET = "cdrl"
 DEFAULT_S3_PORT = 8333
 DEFAULT_MLFLOW_PORT = 5000
-DEFAULT_ACCESS_KEY = "cdrl-local"
-DEFAULT_SECRET_KEY = "cdrl-local-secret"
 ACCESS_KEY_ENV = "CDRL_STACK_ACCESS_KEY"
 SECRET_KEY_ENV = "CDRL_STACK_SECRET_KEY"
 REGION = "us-east-1"
 MLFLOW_ARTIFACT_PREFIX = "mlartifacts"
 
 S3_READY_TIMEOUT_S = 60.0
-MLFLOW_READY_TIMEOUT_S = 90.0
+MLFLOW_READY_TIMEOUT_S = 240.0  # a loaded 2-core machine can take minutes
 STOP_TIMEOUT_S = 15.0
 POLL_INTERVAL_S = 0.2
 LOG_TAIL_LINES = 25
 
 STATE_FILE = "state.json"
+CREDENTIALS_FILE = "credentials.json"
 ENV_FILE = "env.sh"
 LOG_FILES = {"s3": "s3.log", "mlflow": "mlflow.log"}
 
@@ -117,8 +123,8 @@ class LocalStack:
         self.host = require_loopback(host)
         self.bucket = bucket
         self.with_mlflow = mlflow
-        self.access_key = os.environ.get(ACCESS_KEY_ENV, DEFAULT_ACCESS_KEY)
-        self.secret_key = os.environ.get(SECRET_KEY_ENV, DEFAULT_SECRET_KEY)
+        self.access_key, self.secret_key = stack_credentials(self.dir)
+        self._weed_ports: dict[str, int] = {}
         self._requested_ports = {"s3": s3_port, "mlflow": mlflow_port}
         self._ports: dict[str, int] = {}
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -162,6 +168,8 @@ class LocalStack:
         """Start S3, create the bucket, then start MLflow; on any failure stop what was started."""
         self.dir.mkdir(parents=True, exist_ok=True)
         ensure_not_running(self.dir)
+        write_private(self.dir / CREDENTIALS_FILE, json.dumps({"access_key": self.access_key,
+                                                               "secret_key": self.secret_key}) + "\n")
         self._check_requested_ports()
         try:
             self._start_s3()
@@ -210,15 +218,32 @@ class LocalStack:
         else:
             internal = free_port_pairs(self.host, len(WEED_COMPONENTS), taken={s3_port})
         self._ports["s3"] = s3_port
-        weed_ports = dict(zip(WEED_COMPONENTS, internal))
+        self._weed_ports = dict(zip(WEED_COMPONENTS, internal))
+        client, seconds = self._launch_s3()
+        create_bucket(client, self.bucket)
+        progress(f"S3 ready at {self.s3_endpoint} in {seconds:.1f} s (bucket {self.bucket!r})")
+
+    def _launch_s3(self) -> tuple[BaseClient, float]:
         env = server_env({"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key})
         log = self.dir / LOG_FILES["s3"]
         (self.dir / "s3").mkdir(exist_ok=True)
-        proc = self._spawn("s3", self._weed_command(weed_ports), env, log)
+        proc = self._spawn("s3", self._weed_command(self._weed_ports), env, log)
         client = s3_client(self.s3_endpoint, self.access_key, self.secret_key)
-        seconds = wait_until_ready(lambda: s3_answers(client), proc, "S3 server (weed)", log, S3_READY_TIMEOUT_S)
-        create_bucket(client, self.bucket)
-        progress(f"S3 ready at {self.s3_endpoint} in {seconds:.1f} s (bucket {self.bucket!r}, log {log})")
+        return client, wait_until_ready(lambda: s3_answers(client), proc, "S3 server (weed)", log, S3_READY_TIMEOUT_S)
+
+    def stop_server(self, name: str) -> None:
+        """Stop one server ("s3" or "mlflow"), keeping its ports and data for ``start_server``."""
+        proc = self._procs.pop(name)
+        stop_process_groups({proc.pid: lambda: proc.poll() is None})
+        proc.wait()
+
+    def start_server(self, name: str) -> None:
+        """Start a server stopped with ``stop_server`` again, on the same ports with the same data."""
+        if name == "s3":
+            self._launch_s3()
+        else:
+            self._start_mlflow()
+        self._write_state()
 
     def _weed_command(self, weed_ports: dict[str, int]) -> list[str]:
         ports = {**weed_ports, "s3": self._ports["s3"]}
@@ -240,7 +265,8 @@ class LocalStack:
         ]
 
     def _start_mlflow(self) -> None:
-        self._ports["mlflow"] = self._requested_ports["mlflow"] or free_port(self.host)
+        if "mlflow" not in self._ports:  # a restart (start_server) keeps the port clients know
+            self._ports["mlflow"] = self._requested_ports["mlflow"] or free_port(self.host)
         command = [
             sys.executable, "-m", "mlflow", "server",
             "--host", self.host,
@@ -258,7 +284,7 @@ class LocalStack:
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
         """Start ``command`` in a new session (its own process group) with output to ``log``."""
-        with log.open("wb") as log_file:
+        with log.open("ab") as log_file:
             proc = subprocess.Popen(
                 command,
                 cwd=self.dir,
@@ -280,11 +306,31 @@ class LocalStack:
             "logs": {name: str(self.dir / LOG_FILES[name]) for name in self._procs},
             "env": self.env,
         }
-        (self.dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
-        (self.dir / ENV_FILE).write_text(export_lines(self.env) + "\n")
+        write_private(self.dir / STATE_FILE, json.dumps(state, indent=2) + "\n")
+        write_private(self.dir / ENV_FILE, export_lines(self.env) + "\n")
 
 
 # --------------------------------------------------------------------------------- helpers
+def stack_credentials(dir: Path) -> tuple[str, str]:
+    """(access key, secret key): from the environment, else those this stack folder was first started with,
+    else new random ones, so a stack keeps its credentials across down/up and no two stacks share them."""
+    if os.environ.get(ACCESS_KEY_ENV) and os.environ.get(SECRET_KEY_ENV):
+        return os.environ[ACCESS_KEY_ENV], os.environ[SECRET_KEY_ENV]
+    saved = dir / CREDENTIALS_FILE
+    if saved.is_file():
+        values = json.loads(saved.read_text())
+        return values["access_key"], values["secret_key"]
+    return f"cdrl-{secrets.token_hex(6)}", secrets.token_urlsafe(24)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds the stack's credentials)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
 def progress(message: str) -> None:
     """Progress goes to stderr so that stdout carries only the ``export`` lines."""
     print(message, file=sys.stderr, flush=True)
@@ -575,12 +621,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.stack", description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="python -m pipeline.stack", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start S3 and MLflow, print export lines")
-    up.add_argument("--s3-port", type=int, default=DEFAULT_S3_PORT)
-    up.add_argument("--mlflow-port", type=int, default=DEFAULT_MLFLOW_PORT)
-    up.add_argument("--bucket", default=DEFAULT_BUCKET)
+    up.add_argument("--s3-port", type=int, default=DEFAULT_S3_PORT, help="S3 port (default: %(default)s)")
+    up.add_argument("--mlflow-port", type=int, default=DEFAULT_MLFLOW_PORT, help="MLflow port (default: %(default)s)")
+    up.add_argument("--bucket", default=DEFAULT_BUCKET, help="bucket created at start (default: %(default)s)")
     up.add_argument("--host", default=DEFAULT_HOST, help="loopback address to bind")
     up.add_argument("--no-mlflow", action="store_true", help="start only the S3 server")
     up.set_defaults(run=cmd_up)
@@ -597,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except StackError as error:
         progress(f"error: {error}")
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

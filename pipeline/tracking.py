@@ -30,6 +30,8 @@ RUN_NAME_TAG = "cdrl.run_name"
 RUN_KIND_TAG = "cdrl.run_kind"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 SYSTEM_METRICS_INTERVAL_S = 10.0
+ORPHANED_TAG = "cdrl.orphaned"
+RESUMED_FROM_TAG = "cdrl.resumed_from_run"
 SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
 
 
@@ -142,7 +144,8 @@ def start_run(config: Config, tags: dict[str, str], entry_point: str = "pipeline
     experiment_id = experiment_id_for(client, config, uri)
     existing = client.search_runs([experiment_id], f"tags.`{RUN_NAME_TAG}` = '{config.run.name}'",
                                   order_by=["attributes.start_time DESC"], max_results=1)
-    if existing:
+    orphan = existing[0] if existing and existing[0].info.status == "RUNNING" else None
+    if existing and orphan is None:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
@@ -154,7 +157,17 @@ def start_run(config: Config, tags: dict[str, str], entry_point: str = "pipeline
         if dataset is not None:
             log_dataset_input(client, run_id, *dataset)
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {**source_tags(entry_point), **tags}.items()])
+    if orphan is not None:
+        mark_orphaned(client, orphan.info.run_id, run_id)
     return uri, run_id
+
+
+def mark_orphaned(client, orphan_id: str, successor_id: str) -> None:
+    """A run still RUNNING when its training run is submitted again lost its driver (killed, node lost):
+    end it as KILLED, tagged with the run that resumes it; the successor is tagged with where it came from."""
+    client.set_tag(orphan_id, ORPHANED_TAG, f"driver lost; the training run resumed in MLflow run {successor_id}")
+    client.set_terminated(orphan_id, status="KILLED")
+    client.set_tag(successor_id, RESUMED_FROM_TAG, orphan_id)
 
 
 class RunLogger:

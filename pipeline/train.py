@@ -22,13 +22,13 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 from cdrl.checkpoint import FORMAT  # noqa: E402
 from cdrl.config import ConfigError, load_config  # noqa: E402
 from cdrl.nets import build_energy_net, build_initializer, count_parameters  # noqa: E402
-from pipeline.cli import REPO_ROOT, run_main, write_json  # noqa: E402
+from pipeline.cli import REPO_ROOT, Parser, run_main, write_json  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "pipeline" / "configs" / "toy.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pipeline/train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
@@ -42,7 +42,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=["ray", "local"], default="ray",
                         help="ray: Ray Train with ray.num_workers workers (joins a running cluster or starts one); "
                              "local: this process only, no Ray, no MLflow (default: %(default)s)")
+    parser.epilog = ("Credentials come only from the environment (AWS_*, MLFLOW_TRACKING_*), the Ray runtime env "
+                     "or the cloud's identity; config values never hold them. Exit codes: 0 done, 2 bad input "
+                     "(one `error:` line, nothing trained), 1 the run was stopped for the reason on its `error:` "
+                     "line (diverged, storage unreachable past faults.storage_wait_s).")
     return parser.parse_intermixed_args(argv)  # overrides may come before or after the options
+
+
+def check_backend(config, backend: str) -> None:
+    """Settings that only one backend can honour, checked before any data is touched."""
+    if backend == "local" and config.run.storage_path and "://" in config.run.storage_path:
+        raise ConfigError(f"run.storage_path: {config.run.storage_path!r} is a URI; --backend local keeps "
+                          "checkpoints in a local folder (use --backend ray for s3://)")
+    workers = config.ray.num_workers
+    if backend == "ray" and config.train.batch_size % workers:
+        raise ConfigError(f"train.batch_size: {config.train.batch_size} is not divisible by "
+                          f"ray.num_workers={workers}")
+    if config.data.horizontal_flip and len(data_shape_for(config)) != 3:
+        raise ConfigError("data.horizontal_flip: only image data (C, H, W) can be flipped")
 
 
 KNOWN_SHAPES = {"digits": (1, 8, 8), "patches": (3, 32, 32), "cifar10": (3, 32, 32), "imagenet32": (3, 32, 32)}
@@ -99,6 +116,7 @@ def warm_start_from(ref: str, config) -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
+    check_backend(config, args.backend)
     if args.dry_run:
         import yaml
 
@@ -140,9 +158,12 @@ def print_summary(summary: dict) -> None:
 
 if __name__ == "__main__":
     from pipeline.datasets.errors import DatasetError, StorageError
+    from pipeline.health_guard import TrainingDiverged
+    from pipeline.run_failures import InfrastructureFailure
     from pipeline.tracking import TrackingError
 
     from pipeline.model_ref import ModelRefError  # registry.RegistryError is one
 
     run_main(main, (ConfigError, DatasetError, StorageError, TrackingError, FileNotFoundError, FloatingPointError,
-                    ModelRefError))
+                    ModelRefError),
+             (TrainingDiverged, InfrastructureFailure))

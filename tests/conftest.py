@@ -1,6 +1,10 @@
 """Shared fixtures: small configurations, and the real local S3 / MLflow stack."""
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from cdrl.config import load_config
@@ -19,3 +23,11 @@ TINY_TOY = [
 @pytest.fixture
 def tiny_toy_config(tmp_path):
     return load_config(None, TINY_TOY + [f"run.output_dir={tmp_path}", "run.name=tiny", "train.iterations=20"])
+
+
+@pytest.fixture
+def ray_tmp():
+    """A short RAY_TMPDIR of the test's own, removed afterwards (Ray's socket paths must stay under 108 bytes)."""
+    folder = Path(tempfile.mkdtemp(prefix="cdrl-ray-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

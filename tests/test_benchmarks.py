@@ -46,6 +46,7 @@ def assert_positive_timings(summary: dict, count: int) -> None:
     assert summary["min"] <= summary["median"] <= summary["max"]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("config", "overrides", "item_shape", "source", "tweedie"), [
     ("toy.yaml", TINY_TOY, [2], "builtin:8squares", "none"),
     ("cifar10.yaml", TINY_IMAGE, [3, 32, 32], "synthetic N(0,1) for cifar10", "faithful"),
@@ -72,6 +73,7 @@ def test_step_time_writes_documented_json(config, overrides, item_shape, source,
     assert "train step" in proc.stdout and "GFLOP/s" in proc.stdout
 
 
+@pytest.mark.subprocess
 def test_toy_quality_writes_curve_and_time_to_bar(tmp_path):
     out = tmp_path / "toy_quality.json"
     proc = run_script("toy_quality.py", "--config", "pipeline/configs/toy.yaml", *TINY_TOY, "--budget-s", "3",

@@ -17,6 +17,7 @@ from torch import nn
 class ObjectiveOutput:
     losses: dict[str, torch.Tensor]  # network name → scalar loss to minimise
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars, read at log time
+    health: dict[str, torch.Tensor] = field(default_factory=dict)  # per-level magnitudes for the guard (cdrl.health)
 
 
 class Objective(Protocol):

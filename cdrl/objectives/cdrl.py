@@ -10,6 +10,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from cdrl.health import per_level_max
 from cdrl.langevin import langevin_refine
 from cdrl.objectives.base import ObjectiveOutput, spectral_norm_power_step, unwrap
 from cdrl.perf import EnergyCall, plain_energy
@@ -106,4 +107,9 @@ class CooperativeRecoveryLikelihood:
                 "energy_negative": per_level_mean(energy_negative, t, K),
                 "langevin_displacement": per_level_mean(displacement, t, K),
             }
-        return ObjectiveOutput(losses={"energy_net": energy_loss, "initializer": initializer_loss}, metrics=metrics)
+            health = {
+                "energy": per_level_max(torch.cat([energy_positive, energy_negative]), torch.cat([t, t]), K),
+                "langevin_displacement": per_level_max(displacement, t, K),
+            }
+        return ObjectiveOutput(losses={"energy_net": energy_loss, "initializer": initializer_loss}, metrics=metrics,
+                               health=health)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
@@ -19,6 +22,7 @@ from pipeline.datasets.errors import StorageError, one_line
 
 S3_CONNECT_TIMEOUT_S = 3.0
 S3_MAX_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 def is_s3(uri: str) -> bool:
@@ -99,12 +103,21 @@ def _s3_settings() -> tuple[str | None, str | None]:
     return endpoint, region
 
 
+def patient_s3_filesystem(uri: str, wait_s: float) -> pafs.S3FileSystem:
+    """An S3 filesystem whose every request retries with the AWS standard backoff (exponential, jittered,
+    at most 20 s apart) for roughly ``wait_s`` seconds: for Ray Train's own storage writes (its checkpoint
+    manager's snapshot, deletions), which would otherwise fail on the first connection error."""
+    bucket = uri[len("s3://") :].split("/")[0]
+    return _s3_filesystem(bucket, *_s3_settings(), max_attempts=max(S3_MAX_ATTEMPTS, int(wait_s / 10) + 1))
+
+
 @functools.lru_cache(maxsize=16)
-def _s3_filesystem(bucket: str, endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
+def _s3_filesystem(bucket: str, endpoint: str | None, region: str | None,
+                   max_attempts: int = S3_MAX_ATTEMPTS) -> pafs.S3FileSystem:
     """An S3 filesystem for ``bucket`` with low connect timeouts and few retries; credentials from the env."""
     options: dict = {
         "connect_timeout": S3_CONNECT_TIMEOUT_S,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
     }
     if endpoint:
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
@@ -131,3 +144,35 @@ def _storage_errors(uri: str, action: str) -> Iterator[None]:
         raise
     except OSError as error:
         raise StorageError(f"{action} {_describe(uri)}: {one_line(error)}") from error
+
+
+class StorageUnavailable(StorageError):
+    """Storage stayed unreachable for the whole retry window; the message is one line naming the endpoint."""
+
+
+def with_retries(operation: Callable[[], T], uri: str, action: str, wait_s: float,
+                 sleep: Callable[[float], None] = time.sleep) -> T:
+    """Run ``operation``, retrying with exponential backoff (1 s doubling to 30 s) for up to ``wait_s``
+    seconds while storage is unreachable. One warning line when the outage starts, one when it ends."""
+    deadline = time.monotonic() + wait_s
+    delay, failures = 1.0, 0
+    while True:
+        try:
+            result = operation()
+        except FileNotFoundError:
+            raise
+        except OSError as error:  # StorageError and pyarrow's raw OSErrors
+            failures += 1
+            if failures == 1:
+                print(f"warning: cannot {action} {_describe(uri)} ({one_line(error)}); retrying for up to "
+                      f"{wait_s:.0f} s", file=sys.stderr, flush=True)
+            if time.monotonic() + delay > deadline:
+                raise StorageUnavailable(f"storage {_describe(uri)} unreachable for {wait_s:.0f} s while trying "
+                                         f"to {action} it: {one_line(error)}") from error
+            sleep(delay)
+            delay = min(2 * delay, 30.0)
+            continue
+        if failures:
+            print(f"storage {_describe(uri)} answers again after {failures} failed attempt(s)", file=sys.stderr,
+                  flush=True)
+        return result

@@ -77,4 +77,4 @@ def test_failed_write_leaves_previous_file_intact(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         save_checkpoint({"format": "cdrl-checkpoint/1", "v": Unpicklable()}, path)
     assert load_checkpoint(path)["v"] == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "c.pt.sha256"]  # no temporary left behind

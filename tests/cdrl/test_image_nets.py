@@ -36,6 +36,7 @@ def _small_rgb_unet(**kwargs) -> UNetInitializer:
 LOGSNR = torch.tensor([-5.1, 9.8])
 
 
+@pytest.mark.full_size
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
@@ -50,6 +51,7 @@ def test_parameter_counts_match_the_paper_nets(make, expected):
     assert _num_params(make()) == expected
 
 
+@pytest.mark.full_size
 def test_full_size_nets_run_on_a_tiny_batch():
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)

@@ -17,6 +17,7 @@ from tests.conftest import TINY_TOY
 from tests.pipeline.dataset_edits import data_table, edit_manifest, replace_shard
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.subprocess
 
 
 def closed_port() -> int:

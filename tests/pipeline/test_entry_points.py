@@ -24,6 +24,7 @@ def run(script: str, *args: str, check: bool = True) -> subprocess.CompletedProc
     return proc
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("config", "counts"), [
     ("toy_official.yaml", (1_217_920, 58_432)),
     ("cifar10.yaml", (34_833_152, 3_769_795)),
@@ -40,6 +41,7 @@ def test_dry_run_prints_and_writes_param_counts(config, counts, tmp_path):
         assert f"{counts[0]:,}" in proc.stdout
 
 
+@pytest.mark.subprocess
 def test_train_then_sample_local(tmp_path):
     summary_path = tmp_path / "s.json"
     run("train.py", "--backend", "local", *TINY_TOY, "train.iterations=10", f"run.output_dir={tmp_path}",
@@ -70,6 +72,7 @@ def test_train_then_sample_local(tmp_path):
     assert "eval/in_support" in proc.stdout and Path(report["artifacts"]["scatter"]).is_file()
 
 
+@pytest.mark.subprocess
 def test_rerun_same_name_resumes(tmp_path):
     common = ["--backend", "local", *TINY_TOY, f"run.output_dir={tmp_path}", "run.name=resume"]
     run("train.py", *common, "train.iterations=5")
@@ -78,6 +81,7 @@ def test_rerun_same_name_resumes(tmp_path):
     assert json.loads((tmp_path / "s.json").read_text())["step"] == 8
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(("args", "message"), [
     (["train.bogus=1"], "train.bogus"),
     (["--config", "nope.yaml"], "nope.yaml"),
@@ -89,12 +93,14 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.subprocess
 def test_evaluate_bad_model_ref(tmp_path):  # the other kinds of bad refs: tests/pipeline/test_evaluation.py
     proc = run("evaluate.py", "--model", str(tmp_path / "none.pt"), "--workers", "0", check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and "none.pt" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.subprocess
 def test_image_run_without_inception_weights_stops_with_one_line(tmp_path):
     env = {k: v for k, v in ENV.items() if k != "CDRL_INCEPTION_WEIGHTS"}
     proc = subprocess.run([sys.executable, str(REPO / "pipeline" / "train.py"), "--backend", "local", "--config",
@@ -107,6 +113,7 @@ def test_image_run_without_inception_weights_stops_with_one_line(tmp_path):
     assert not (tmp_path / "digits" / "checkpoints").exists()
 
 
+@pytest.mark.subprocess
 def test_sample_from_missing_checkpoint(tmp_path):
     proc = run("sample.py", "--checkpoint", str(tmp_path / "none.pt"), "--num-samples", "2", "--out",
                str(tmp_path / "x.npy"), check=False)
@@ -132,6 +139,7 @@ def test_image_nets_train_a_few_iterations(dataset, shape, tmp_path):
     assert Path(summary["artifacts"]["grid"]).is_file()
 
 
+@pytest.mark.subprocess
 def test_overrides_before_and_after_options(tmp_path):
     summary_path = tmp_path / "s.json"
     run("train.py", "train.iterations=3", "--config", "pipeline/configs/digits.yaml", "run.name=mixed", "--dry-run",

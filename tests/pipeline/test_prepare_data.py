@@ -89,7 +89,7 @@ def test_cifar10_folder_and_tarball_read_back_exactly(cifar_folder, tmp_path: Pa
 def test_cifar10_missing_batch_is_one_clear_error(cifar_folder, tmp_path: Path, capsys) -> None:
     folder, _ = cifar_folder
     (folder / "data_batch_3").unlink()
-    assert main(["--dataset", "cifar10", "--source", str(folder), "--out", str(tmp_path / "out")]) == 1
+    assert main(["--dataset", "cifar10", "--source", str(folder), "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err.strip()
     assert "data_batch_3 not found" in error and str(folder) in error and len(error.splitlines()) == 1
 
@@ -114,7 +114,7 @@ def test_imagenet32_batches_in_numeric_order_with_zero_based_labels(tmp_path: Pa
 
 def test_imagenet32_rejects_zero_based_labels(tmp_path: Path, capsys) -> None:
     np.savez(tmp_path / "train_data_batch_1.npz", data=np.zeros((2, 3072), np.uint8), labels=[0, 5])
-    assert main(["--dataset", "imagenet32", "--source", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    assert main(["--dataset", "imagenet32", "--source", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "1-based" in capsys.readouterr().err
 
 
@@ -163,7 +163,7 @@ def test_image_folder_labels_pixels_and_attributes(image_folder: Path, tmp_path:
 
 def test_image_folder_without_attribute_row_is_an_error(image_folder: Path, tmp_path: Path, capsys) -> None:
     Image.new("RGB", (32, 32)).save(image_folder / "dog" / "e.png")
-    assert main(["--dataset", "image-folder", "--source", str(image_folder), "--out", str(tmp_path / "out")]) == 1
+    assert main(["--dataset", "image-folder", "--source", str(image_folder), "--out", str(tmp_path / "out")]) == 2
     assert "no attribute row for image dog/e.png" in capsys.readouterr().err
 
 
@@ -199,6 +199,7 @@ def test_help_lists_every_dataset(capsys) -> None:
     assert all(name in usage for name in ("8squares", "digits", "patches", "cifar10", "imagenet32", "image-folder"))
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -211,6 +212,6 @@ def test_cli_errors_are_one_line_on_stderr(args: list[str], expected: str, tmp_p
         [sys.executable, "pipeline/prepare_data.py", *args, "--out", str(tmp_path / "out")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )
-    assert result.returncode != 0
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
     assert len(result.stderr.strip().splitlines()) == 1 and expected in result.stderr
     assert not (tmp_path / "out").exists()
