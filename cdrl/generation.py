@@ -87,6 +87,7 @@ def generate(
     return_levels: bool = False,
     inpaint: "Inpainting | None" = None,
     device: torch.device | str = "cpu",
+    final_step_noise: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Samples x_0 of shape (num_samples, *data_shape); with ``return_levels`` also [x_{K-1}, …, x_0].
 
@@ -112,6 +113,7 @@ def generate(
             num_steps=steps_per_level,
             step_multiplier=levels.step_multiplier,
             project=project,
+            final_step_noise=final_step_noise,
         )
         x = y / (scale + 1e-8)
         per_level.append(x)
@@ -162,6 +164,7 @@ def generate_in_batches(
     cond: Conditioning | None = None,
     tweedie: TweedieMode = "none",
     device: torch.device | str = "cpu",
+    final_step_noise: bool = True,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``generate`` over batches of at most ``batch_size``; returns (x_0, [x_{K-1}, …, x_0]) on the CPU."""
     finals, levels_out = [], []
@@ -169,7 +172,7 @@ def generate_in_batches(
         n = min(batch_size, num_samples - start)
         part_cond = cond.select(slice(start, start + n)) if cond is not None else None
         x, per_level = generate(energy_net, initializer, levels, n, data_shape, steps_per_level, part_cond,
-                                tweedie, return_levels=True, device=device)
+                                tweedie, return_levels=True, device=device, final_step_noise=final_step_noise)
         finals.append(x.cpu())
         levels_out.append([v.cpu() for v in per_level])
     return torch.cat(finals), [torch.cat(parts) for parts in zip(*levels_out)]

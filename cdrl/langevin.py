@@ -32,12 +32,14 @@ def langevin_refine(
     num_steps: int,
     step_multiplier: float = 1.0,
     project: Projection | None = None,
+    final_step_noise: bool = True,
 ) -> torch.Tensor:
     """Run ``num_steps`` Langevin steps on ``y`` (detached) and return the last iterate (detached).
 
     ``energy`` maps y to F(y) per example; its x-independent work (time embedding) should already be
     done by the caller, once per chain. ``project(y, k)``, if given, is applied after every step
     (used by inpainting to overwrite known pixels). Spectral-norm weights are computed once per chain.
+    ``final_step_noise=False`` makes the last step a pure gradient step (a sampling option, not §3).
     """
     s = _per_example(step_size, y)
     c = _per_example(quadratic_coeff, y)
@@ -49,7 +51,8 @@ def langevin_refine(
             recovery = (c * (y - anchor).pow(2)).flatten(1).sum(1)
             total = (energy(y) - recovery).sum()
             (grad,) = torch.autograd.grad(total, y)
-            y = (y + drift * grad + s * torch.randn_like(y)).detach()
+            noise = s * torch.randn_like(y) if final_step_noise or k < num_steps - 1 else 0.0
+            y = (y + drift * grad + noise).detach()
             if project is not None:
                 y = project(y, k)
     return y

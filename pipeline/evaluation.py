@@ -9,7 +9,7 @@ from torch import nn
 
 from cdrl.config import Config
 from cdrl.data import TOY_DISTRIBUTIONS, sample_toy
-from cdrl.generation import generate_in_batches
+from cdrl.factory import build_sampler
 from cdrl.metrics.toy import toy_report
 from cdrl.plots import energy_landscape_png, image_grid_png, scatter_png
 from cdrl.schedule import LevelTable, NoiseSchedule
@@ -26,22 +26,18 @@ def held_out_reference(config: Config, num_points: int) -> np.ndarray | None:
 
 def evaluate(
     config: Config,
-    energy_net: nn.Module,
-    initializer: nn.Module,
+    nets: dict[str, nn.Module],
     levels: LevelTable,
     data_shape: tuple[int, ...],
     out_dir: str | Path,
     device: torch.device | str = "cpu",
     tag: str = "final",
 ) -> tuple[dict[str, float], dict[str, Path]]:
-    """Sample ``eval.num_samples`` from the given (EMA) nets; return metrics and written files."""
+    """Sample ``eval.num_samples`` from the given (EMA) nets with the method's sampler; return metrics and files."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    gen = config.generation
-    samples, per_level = generate_in_batches(
-        energy_net, initializer, levels, config.eval.num_samples, data_shape,
-        gen.steps_per_level or config.langevin.num_steps, gen.batch_size, tweedie=gen.tweedie, device=device,
-    )
+    drawn = build_sampler(config, levels).sample(nets, config.eval.num_samples, data_shape, device)
+    samples, per_level = drawn.samples, drawn.per_level
     samples_np = samples.numpy().astype(np.float32)
     artifacts = {"samples": out_dir / f"samples_{tag}.npy"}
     np.save(artifacts["samples"], samples_np)
@@ -51,11 +47,11 @@ def evaluate(
         if reference is not None:
             metrics.update(toy_report(samples_np, reference, distribution=config.data.name))
         artifacts["scatter"] = scatter_png(samples_np, out_dir / f"samples_{tag}.png", title=f"{config.run.name} {tag}")
-        if config.eval.plot:
+        if config.eval.plot and per_level is not None:
             schedule = NoiseSchedule(config.schedule.num_levels, config.schedule.logsnr_min, config.schedule.logsnr_max)
             step_sizes = levels.step_size.detach().cpu()
             artifacts["energy_landscape"] = energy_landscape_png(
-                energy_net, schedule, step_sizes, out_dir / f"energy_landscape_{tag}.png",
+                nets["energy_net"], schedule, step_sizes, out_dir / f"energy_landscape_{tag}.png",
                 samples_per_level=[v.numpy() for v in per_level[::-1]],
             )
     elif len(data_shape) == 3:
@@ -66,5 +62,6 @@ def evaluate(
 def evaluate_trainer(config: Config, trainer, data_shape: tuple[int, ...], out_dir: str | Path, step: int,
                      final: bool, device: torch.device | str = "cpu") -> tuple[dict[str, float], dict[str, Path]]:
     """``evaluate`` on a Trainer's EMA nets, files tagged "final" or "step_XXXXXXXX"."""
-    return evaluate(config, trainer.averaged("energy_net"), trainer.averaged("initializer"), trainer.objective.levels,
-                    data_shape, out_dir, device, tag="final" if final else f"step_{step:08d}")
+    nets = {name: trainer.averaged(name) for name in trainer.objective.network_names}
+    return evaluate(config, nets, trainer.objective.levels, data_shape, out_dir, device,
+                    tag="final" if final else f"step_{step:08d}")

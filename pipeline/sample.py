@@ -1,4 +1,4 @@
-"""Draw samples from a trained CDRL checkpoint (EMA weights).
+"""Draw samples from a trained checkpoint (EMA weights) with its method's sampler.
 
     python pipeline/sample.py --checkpoint runs/toy/checkpoints/step_00008000.pt --num-samples 2500 --out s.npy
     python pipeline/sample.py --checkpoint s3://bucket/ckpt/.../checkpoint.pt --num-samples 64 --out s.npy --grid s.png
@@ -19,8 +19,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cdrl.config import ConfigError  # noqa: E402
-from cdrl.factory import build_levels, nets_from_checkpoint  # noqa: E402
-from cdrl.generation import Conditioning, generate_in_batches  # noqa: E402
+from cdrl.factory import build_levels, build_sampler, nets_from_checkpoint  # noqa: E402
+from cdrl.generation import Conditioning  # noqa: E402
 from pipeline.checkpoint_io import read_checkpoint  # noqa: E402
 from pipeline.cli import run_main  # noqa: E402
 
@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", required=True, help="checkpoint file: local path or s3:// URI")
     parser.add_argument("--num-samples", type=int, required=True)
     parser.add_argument("--out", required=True, help="output .npy file")
-    parser.add_argument("--steps-per-level", type=int, help="Langevin steps per level (default: the config's)")
+    parser.add_argument("--steps-per-level", type=int,
+                        help="Langevin steps per level, or per chain for single-level methods (default: the config's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid", help="also write a PNG: image grid, or scatter for 2-D data")
     parser.add_argument("--label", type=int, help="class label (0-based) for a class-conditional model")
@@ -54,12 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--label given but the checkpoint's model is unconditional (model.num_classes=0)")
         labels = torch.full((args.num_samples,), args.label + 1, dtype=torch.long)
         cond = Conditioning.guided(labels, args.guidance if args.guidance is not None else config.generation.guidance_weight)
-    gen = config.generation
-    samples, _ = generate_in_batches(
-        nets["energy_net"], nets["initializer"], levels, args.num_samples, data_shape,
-        args.steps_per_level or gen.steps_per_level or config.langevin.num_steps, gen.batch_size,
-        cond=cond, tweedie=gen.tweedie, device=args.device,
-    )
+    samples = build_sampler(config, levels).sample(nets, args.num_samples, data_shape, args.device,
+                                                   steps=args.steps_per_level, cond=cond).samples
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, samples.numpy().astype(np.float32))
