@@ -118,6 +118,8 @@ def generate(
         x = y / (scale + 1e-8)
         per_level.append(x)
     x = tweedie_denoise(energy_net, x, levels, cond, tweedie)
+    if inpaint is not None:
+        x = inpaint.restore(x)
     if return_levels:
         per_level[-1] = x
         return x, per_level
@@ -130,7 +132,8 @@ class Inpainting:
 
     After every Langevin step at transition t the known entries of y are overwritten with the
     forward-noised observation at level t−1, in y-space: sqrt(m_t)·(sqrt(ā_{t-1})·x_obs + σ̄_{t-1}·ε).
-    One ε per level keeps the observation consistent across the chain.
+    One ε per level keeps the observation consistent across the chain; the final x_0 carries the observed
+    entries exactly (``restore``).
     """
 
     observed: torch.Tensor
@@ -141,6 +144,10 @@ class Inpainting:
         known = scale * noisy
         mask = self.mask.to(known.dtype)
         return lambda y, _k: mask * known + (1 - mask) * y
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """Level 0: the observed entries exactly as observed (no noise, no Tweedie, no y-space rounding)."""
+        return torch.where(self.mask.bool(), self.observed.to(x.dtype), x)
 
 
 def energy_score(energy_net: nn.Module, x: torch.Tensor, levels: LevelTable, labels: torch.Tensor | None = None) -> torch.Tensor:
