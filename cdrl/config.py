@@ -101,7 +101,6 @@ class TrainConfig:
     zero_grad: bool = True  # False reproduces the official toy's missing zero_grad (§12.1)
     label_dropout: float = 0.1  # p_cond for class-conditional training (§8)
     log_every: int = 100
-    eval_every: int = 0  # 0: evaluate only at the end
     checkpoint_every: int = 0  # 0: checkpoint only at the end
     time_budget_s: float = 0.0  # > 0: stop early (and checkpoint) once this much training time has passed
 
@@ -119,7 +118,17 @@ class GenerationConfig:
 
 @dataclass
 class EvalConfig:
-    num_samples: int = 10_000
+    """Evaluation during training and by pipeline/evaluate.py: one protocol (fixed seed, fixed N, §9).
+
+    Images get ``fid/EXTRACTOR_N`` against the dataset version's reference statistics; 2-D toys the toy
+    metrics. ``extractor`` "auto": ``digits`` for 8×8 digits, ``inception`` for other images; "none": no FID.
+    """
+
+    every: int = 0  # evaluate every this many training steps; 0: only at the end
+    num_samples: int = 10_000  # N: samples generated per evaluation (split across workers)
+    seed: int = 0  # seed of the evaluation's sampling noise (independent of the worker count)
+    extractor: Literal["auto", "inception", "digits", "none"] = "auto"
+    inception_weights: str | None = None  # FID weights file; None: $CDRL_INCEPTION_WEIGHTS, else the torch hub cache
     plot: bool = True
 
 
@@ -352,7 +361,8 @@ def validate(config: Config) -> None:
         ("schedule.num_levels", sc.num_levels, sc.num_levels >= 1, ">= 1"),
         ("schedule.logsnr_max", sc.logsnr_max, sc.logsnr_max > sc.logsnr_min, "> schedule.logsnr_min"),
         ("data.num_points", config.data.num_points, config.data.num_points >= 1, ">= 1"),
-        ("eval.num_samples", config.eval.num_samples, config.eval.num_samples >= 1, ">= 1"),
+        ("eval.num_samples", config.eval.num_samples, config.eval.num_samples >= 2, ">= 2"),
+        ("eval.every", config.eval.every, config.eval.every >= 0, ">= 0 (0: only at the end)"),
         ("model.num_classes", config.model.num_classes, config.model.num_classes >= 0, ">= 0"),
         ("ray.num_workers", config.ray.num_workers, config.ray.num_workers >= 1, ">= 1"),
         ("ray.cpus_per_worker", config.ray.cpus_per_worker, config.ray.cpus_per_worker > 0, "> 0"),

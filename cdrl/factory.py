@@ -54,26 +54,39 @@ def build_objective(config: Config, levels: LevelTable) -> Objective:
     return ScoreMatching(levels, config.score_matching, SCORE_MATCHING_VARIANTS[config.method])
 
 
+def sampler_steps(config: Config) -> int:
+    """The configured chain length of the method's sampler: Langevin steps per level (CDRL, DRL), per chain
+    (MCMC, single-scale score matching) or per noise scale (multi-scale DSM); unused by the learned sampler."""
+    gen, method, sm = config.generation, config.method, config.score_matching
+    if gen.steps_per_level:
+        return gen.steps_per_level
+    if method in ("cdrl", "drl"):
+        return config.langevin.num_steps
+    if method == "mcmc":
+        return config.mcmc.sample_steps
+    if method == "multiscale_dsm":
+        return max(sm.sample_steps // sm.num_scales, 1)
+    return sm.sample_steps
+
+
 def build_sampler(config: Config, levels: LevelTable) -> Sampler:
     """The configured method's sampler for evaluation and the sample CLI (``generation`` settings apply)."""
-    gen, method = config.generation, config.method
+    gen, method, steps = config.generation, config.method, sampler_steps(config)
     if method in ("cdrl", "drl"):
         return AncestralSampler(
-            levels if method == "cdrl" else without_initializer_noise(levels),
-            gen.steps_per_level or config.langevin.num_steps, gen.batch_size, gen.tweedie, gen.final_step_noise,
-            initializer=NoisyObservation() if method == "drl" else None)
+            levels if method == "cdrl" else without_initializer_noise(levels), steps, gen.batch_size, gen.tweedie,
+            gen.final_step_noise, initializer=NoisyObservation() if method == "drl" else None)
     if method == "mcmc":
         m = config.mcmc
-        return LangevinSampler(method, levels, gen.steps_per_level or m.sample_steps, m.step_size, m.noise_std,
-                               m.init_range, gen.batch_size, m.mala, gen.final_step_noise)
+        return LangevinSampler(method, levels, steps, m.step_size, m.noise_std, m.init_range, gen.batch_size, m.mala,
+                               gen.final_step_noise)
     if method == "learned_sampler":
         return GeneratorSampler(config.learned_sampler.latent_dim, config.learned_sampler.output_std, gen.batch_size)
     sm = config.score_matching
     if method == "multiscale_dsm":
-        return AnnealedLangevinSampler(noise_levels(sm), gen.steps_per_level or sm.sample_steps // sm.num_scales or 1,
-                                       sm.sample_step_size, gen.batch_size, gen.final_step_noise)
-    return LangevinSampler(method, levels, gen.steps_per_level or sm.sample_steps, sm.sample_step_size / 2,
-                           sm.sample_step_size**0.5, sm.init_range, gen.batch_size, final_step_noise=gen.final_step_noise)
+        return AnnealedLangevinSampler(noise_levels(sm), steps, sm.sample_step_size, gen.batch_size, gen.final_step_noise)
+    return LangevinSampler(method, levels, steps, sm.sample_step_size / 2, sm.sample_step_size**0.5, sm.init_range,
+                           gen.batch_size, final_step_noise=gen.final_step_noise)
 
 
 def build_trainer(config: Config, nets: dict[str, nn.Module], levels: LevelTable) -> Trainer:

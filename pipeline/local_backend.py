@@ -9,9 +9,10 @@ import torch
 from cdrl.config import Config
 from pipeline.datasets.manifest import Manifest
 from pipeline.datasets.reader import read_arrays
-from pipeline.evaluation import evaluate_trainer
+from pipeline.evaluation import Evaluator, evaluate_trainer, summary_metrics
 from pipeline.local_checkpoints import LocalCheckpointDir
 from pipeline.loop import LoopHooks, TrainingData, WorkerContext, run_training
+from pipeline.reference_stats import dataset_reference
 
 
 def load_training_data(uri: str) -> TrainingData:
@@ -43,9 +44,12 @@ def train_locally(config: Config, data_uri: str, manifest: Manifest) -> dict:
         saved["checkpoint"] = str(store.save(step, ckpt))
 
     evaluation: dict = {}
+    evaluator = Evaluator(config, data.item_shape, reference=dataset_reference(data_uri, manifest))
 
     def evaluate_now(step: int, trainer, final: bool) -> None:
-        evaluation["metrics"], evaluation["artifacts"] = evaluate_trainer(config, trainer, data.item_shape, out, step, final)
+        evaluation["metrics"], evaluation["artifacts"] = evaluate_trainer(evaluator, trainer, out, step, final)
+        with metrics_file.open("a") as f:
+            f.write(json.dumps({"step": step, **evaluation["metrics"]}) + "\n")
 
     hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_now)
     result = run_training(config, data, WorkerContext(), hooks, resume)
@@ -56,7 +60,7 @@ def train_locally(config: Config, data_uri: str, manifest: Manifest) -> dict:
         "checkpoint": saved["checkpoint"],
         "step": result.trainer.step_count,
         "train_seconds": result.train_seconds,
-        "metrics": metrics,
+        "metrics": summary_metrics(metrics),
         "artifacts": {k: str(v) for k, v in artifacts.items()},
         "dataset_version": manifest.version,
     }

@@ -46,7 +46,7 @@ class WorkerContext:
 class LoopHooks:
     log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
     checkpoint: Callable[[int, dict, bool], None] = lambda step, checkpoint, final: None
-    evaluate: Callable[[int, Trainer, bool], None] = lambda step, trainer, final: None  # every eval_every, and at the end
+    evaluate: Callable[[int, Trainer, bool], None] = lambda step, trainer, final: None  # every eval.every steps, and at the end; on every rank
     after_step: Callable[[int], None] = lambda step: None
 
 
@@ -139,7 +139,7 @@ def run_training(
             if t.time_budget_s > 0 and ctx.any_rank_flag(elapsed >= t.time_budget_s) and done < t.iterations:
                 progress.write(f"time budget of {t.time_budget_s:.0f}s reached at step {done}")
                 break
-        if t.eval_every and done % t.eval_every == 0 and done < t.iterations:
+        if config.eval.every and done % config.eval.every == 0 and done < t.iterations:
             hooks.evaluate(done, trainer, False)
         if t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.iterations:
             hooks.checkpoint(done, snapshot(), False)

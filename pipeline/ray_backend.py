@@ -19,8 +19,9 @@ import torch
 from cdrl.checkpoint import load_checkpoint, save_checkpoint
 from cdrl.config import Config, config_from_dict
 from pipeline.datasets.manifest import Manifest
-from pipeline.evaluation import evaluate_trainer
+from pipeline.evaluation import Evaluator, evaluate_trainer, summary_metrics
 from pipeline.loop import LoopHooks, TrainingData, WorkerContext, run_training
+from pipeline.reference_stats import dataset_reference, prepare_reference_stats
 from pipeline.tracking import RunLogger, start_run
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -77,6 +78,7 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest) -> dict[str,
     from pipeline.datasets.reader import ray_dataset
 
     check_storage(config)
+    prepare_reference_stats(config, data_uri, manifest)  # once, here, rather than on a worker mid-run
     tracking = None
     if config.tracking.enabled:
         tracking = start_run(config, {"dataset_version": manifest.version, "data_uri": data_uri})
@@ -119,7 +121,7 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest) -> dict[str,
         "step": int(metrics.pop("step", 0)),
         "train_seconds": float(metrics.pop("train_seconds", 0.0)),
         "artifacts": {k.removeprefix("artifact/"): metrics.pop(k) for k in list(metrics) if k.startswith("artifact/")},
-        "metrics": {k.removeprefix("eval/"): v for k, v in metrics.items() if k.startswith("eval/")},
+        "metrics": summary_metrics({k: v for k, v in metrics.items() if k.startswith(("eval/", "fid/"))}),
         "mlflow": {"tracking_uri": tracking[0], "run_id": tracking[1]} if tracking else None,
         "dataset_version": manifest.version,
     }
@@ -170,6 +172,24 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(value.item())
 
 
+def all_gather_rows(tensor: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """Every rank's tensor (same trailing shape, any row count) on every rank, on the CPU, in rank order."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return [tensor]
+    local = tensor.to(device)  # NCCL gathers only CUDA tensors
+    count = torch.tensor([len(local)], device=device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    longest = int(max(c.item() for c in counts))
+    padded = torch.zeros(longest, *local.shape[1:], dtype=local.dtype, device=device)
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return [part[: int(c.item())].cpu() for part, c in zip(parts, counts)]
+
+
 def _resume_state() -> dict | None:
     import ray.train
 
@@ -207,19 +227,22 @@ def worker_main(loop_config: dict[str, Any]) -> None:
         ray.train.report({"step": step, **metrics})
 
     final_eval: dict[str, Any] = {}
+    evaluator = Evaluator(config, data.item_shape, reference=dataset_reference(loop_config["data_uri"], manifest),
+                          rank=rank, world_size=world_size, device=device,
+                          gather=lambda tensor: all_gather_rows(tensor, device))
 
     def evaluate_now(step: int, trainer, final: bool) -> None:
-        """Rank 0 samples with the EMA nets, logs metrics and images; the final one goes into the report."""
+        """Every rank samples its share with the EMA nets; rank 0 scores, logs metrics and images."""
+        metrics, artifacts = evaluate_trainer(evaluator, trainer, run_dir, step, final)
         if rank != 0:
             return
-        metrics, artifacts = evaluate_trainer(config, trainer, data.item_shape, run_dir, step, final, device)
         if logger:
-            logger.log_metrics(step, {f"eval/{k}": v for k, v in metrics.items()})
+            logger.log_metrics(step, metrics)
             for path in artifacts.values():
                 if Path(path).suffix == ".png":
                     logger.log_artifact(path, f"images/step_{step:08d}")
         if final:
-            final_eval.update({f"eval/{k}": v for k, v in metrics.items()})
+            final_eval.update(metrics)
             final_eval.update({f"artifact/{k}": str(v) for k, v in artifacts.items()})
 
     def checkpoint(step: int, state: dict, final: bool) -> None:

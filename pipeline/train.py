@@ -78,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, count in summary["param_counts"].items():
             print(f"{name}: {count:,} parameters")
     else:
+        from pipeline.evaluation import check_extractor_available
         from pipeline.run_data import dataset_for_run
 
+        check_extractor_available(config, data_shape_for(config))  # e.g. missing FID weights: fail before any work
         data_uri, manifest = dataset_for_run(config)
         if args.backend == "local":
             from pipeline.local_backend import train_locally

@@ -1,1 +1,1 @@
-"""Evaluation metrics: toy-distribution metrics and the Fréchet distance (cdrl-algorithm.md §9, §15)."""
+"""Evaluation metrics: toy-distribution metrics, the Fréchet distance and its feature extractors (§9, §15)."""

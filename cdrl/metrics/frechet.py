@@ -1,7 +1,7 @@
 """The Fréchet distance between Gaussians fitted to features: the formula behind FID (cdrl-algorithm.md §9).
 
-FID applies it to InceptionV3 pool3 features; that feature extractor is an optional extra and does not
-live here. scipy (a dependency of scikit-learn) provides the matrix square root.
+FID applies it to InceptionV3 pool3 features, digits-FID to a digits classifier's features (both in
+``cdrl.metrics.features``). scipy (a dependency of scikit-learn) provides the matrix square root.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def frechet_distance(
 ) -> float:
     """d² = |μ1 − μ2|² + tr(Σ1 + Σ2 − 2 (Σ1 Σ2)^{1/2}) between two Gaussians: the distance FID reports (§9).
 
-    FID feeds it the ``feature_statistics`` of Inception features; extracting those is not done here.
+    FID feeds it the ``feature_statistics`` of extracted features (``cdrl.metrics.features``).
     """
     mu1, mu2 = (np.atleast_1d(np.asarray(mu, dtype=np.float64)) for mu in (mu1, mu2))
     sigma1, sigma2 = (np.atleast_2d(np.asarray(sigma, dtype=np.float64)) for sigma in (sigma1, sigma2))

@@ -91,6 +91,9 @@ class Manifest:
     shards: list[ShardInfo]
     provenance: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # Feature statistics of this version, per extractor: {"digits": "stats/digits.npz"} (pipeline/reference_stats.py).
+    # Not part of the version id: they are derived from the data, added after it was published.
+    reference_stats: dict[str, str] = field(default_factory=dict)
 
     @property
     def model_range(self) -> tuple[float, float]:
@@ -118,6 +121,8 @@ class Manifest:
             "shards": [asdict(shard) for shard in self.shards],
             "provenance": self.provenance,
         }
+        if self.reference_stats:
+            raw["reference_stats"] = dict(sorted(self.reference_stats.items()))
         return json.dumps(raw, indent=2) + "\n"
 
     @classmethod
@@ -155,6 +160,7 @@ class Manifest:
                 content_sha256=fields.get("content_sha256", dict),
                 shards=shards,
                 provenance=fields.get("provenance", dict),
+                reference_stats={str(k): str(v) for k, v in raw.get("reference_stats", {}).items()},
             )
         except DatasetError:
             raise

@@ -64,3 +64,22 @@ def test_feature_statistics_shapes_and_values():
     np.testing.assert_allclose(mu, features.mean(axis=0))
     np.testing.assert_allclose(sigma, np.cov(features, rowvar=False))
     assert feature_statistics(features[:, :1])[1].shape == (1, 1)
+
+
+def test_full_covariance_closed_form():
+    # Σ2 = c²·Σ1 commutes with Σ1, so (Σ1 Σ2)^{1/2} = c·Σ1 and d² = |μ1 − μ2|² + (1 − c)²·tr Σ1.
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((6, 6))
+    sigma1 = a @ a.T + 0.1 * np.eye(6)
+    mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
+    expected = ((mu1 - mu2) ** 2).sum() + (1 - 3.0) ** 2 * np.trace(sigma1)
+    assert abs(frechet_distance(mu1, sigma1, mu2, 9.0 * sigma1) - expected) < 1e-6
+
+
+def test_gaussian_samples_approach_the_closed_form():
+    # Feature statistics of many samples from two known Gaussians give the closed form within sampling error.
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((200_000, 2)) * [1.0, 2.0]
+    y = rng.standard_normal((200_000, 2)) * [3.0, 2.0] + [1.0, 0.0]
+    expected = 1.0 + (1.0 - 3.0) ** 2
+    assert frechet_distance(*feature_statistics(x), *feature_statistics(y)) == pytest.approx(expected, abs=0.05)

@@ -18,7 +18,7 @@ from cdrl.objectives.score_matching import (
     denoising_score_matching_loss, exact_score_matching_loss, sliced_score_matching_loss,
 )
 from cdrl.sgld import sgld
-from pipeline.evaluation import evaluate_trainer
+from pipeline.evaluation import Evaluator, evaluate_trainer
 from pipeline.loop import LoopHooks, TrainingData, WorkerContext, run_training
 from tests.conftest import TINY_TOY
 
@@ -28,7 +28,7 @@ CHEAP = ["mcmc.num_steps=2", "mcmc.sample_steps=2", "mcmc.buffer_size=100", "sco
          "train.log_every=1", "eval.num_samples=8", "generation.batch_size=8", "eval.plot=false"]
 TINY_DIGITS = ["data.name=digits", "train.batch_size=8", "model.energy_net.base_channels=8",
                "model.energy_net.blocks_per_resolution=1", "model.energy_net.temb_hidden=32", "model.energy_net.temb_dim=16",
-               "model.energy_net.channel_mult=[1]", "generation.tweedie=none"]
+               "model.energy_net.channel_mult=[1]", "generation.tweedie=none", "eval.extractor=none"]
 
 
 def _data(name: str) -> TrainingData:
@@ -51,9 +51,9 @@ def test_each_method_trains_and_samples(method, dataset, tmp_path):
     assert result.trainer.step_count == 3 and len(logged) == 3
     assert all(math.isfinite(v) for m in logged for k, v in m.items() if k.startswith("loss/"))
     assert {f"loss/{n}" for n in result.trainer.objective.network_names} <= set(logged[-1])
-    metrics, artifacts = evaluate_trainer(config, result.trainer, data.item_shape, tmp_path, 3, True)
+    metrics, artifacts = evaluate_trainer(Evaluator(config, data.item_shape), result.trainer, tmp_path, 3, True)
     samples = torch.from_numpy(__import__("numpy").load(artifacts["samples"]))
-    assert samples.shape == (8, *data.item_shape) and metrics["sample_nan_fraction"] == 0.0
+    assert samples.shape == (8, *data.item_shape) and metrics["eval/sample_nan_fraction"] == 0.0
 
 
 class Quadratic(nn.Module):

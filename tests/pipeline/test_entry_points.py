@@ -55,6 +55,20 @@ def test_train_then_sample_local(tmp_path):
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "wrote 30 samples" in proc.stdout
 
+    # evaluate.py on the checkpoint repeats the training's final evaluation exactly (same protocol).
+    report_path = tmp_path / "eval.json"
+    proc = run("evaluate.py", "--model", summary["checkpoint"], "--json", str(report_path), "--workers", "0",
+               "--out-dir", str(tmp_path / "evaluate"))
+    report = json.loads(report_path.read_text())
+    assert report["checkpoint"] == summary["checkpoint"] and report["step"] == 10
+    assert report["primary_metric"] == {"name": "eval/in_support", "value": summary["metrics"]["in_support"],
+                                        "higher_is_better": True}
+    for key in ("in_support", "balance", "mmd_bw1", "sample_nan_fraction"):
+        assert report["metrics"][f"eval/{key}"] == summary["metrics"][key], key
+    assert report["dataset_version"] == summary["dataset_version"]
+    assert report["protocol"]["num_samples"] == 200 and report["protocol"]["extractor"] is None
+    assert "eval/in_support" in proc.stdout and Path(report["artifacts"]["scatter"]).is_file()
+
 
 def test_rerun_same_name_resumes(tmp_path):
     common = ["--backend", "local", *TINY_TOY, f"run.output_dir={tmp_path}", "run.name=resume"]
@@ -75,6 +89,25 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_evaluate_bad_model_refs(tmp_path):
+    for ref in (str(tmp_path / "none.pt"), "no-such-run"):
+        proc = run("evaluate.py", "--model", ref, "--workers", "0", check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and ref in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_image_run_without_inception_weights_stops_with_one_line(tmp_path):
+    env = {k: v for k, v in ENV.items() if k != "CDRL_INCEPTION_WEIGHTS"}
+    proc = subprocess.run([sys.executable, str(REPO / "pipeline" / "train.py"), "--backend", "local", "--config",
+                           "pipeline/configs/digits.yaml", "data.name=patches", "data.num_points=16",
+                           "eval.extractor=inception", f"run.output_dir={tmp_path}"],
+                          cwd=REPO, env={**env, "TORCH_HOME": str(tmp_path / "torch")}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert "pt_inception-2015-12-05-6726825d.pth" in proc.stderr and "hub/checkpoints" in proc.stderr
+    assert not (tmp_path / "digits" / "checkpoints").exists()
+
+
 def test_sample_from_missing_checkpoint(tmp_path):
     proc = run("sample.py", "--checkpoint", str(tmp_path / "none.pt"), "--num-samples", "2", "--out",
                str(tmp_path / "x.npy"), check=False)
@@ -91,7 +124,8 @@ def test_image_nets_train_a_few_iterations(dataset, shape, tmp_path):
         f"data.name={dataset}", "data.num_points=64", "train.iterations=3", "train.batch_size=8", "train.log_every=1",
         "model.energy_net.base_channels=8", "model.energy_net.blocks_per_resolution=1", "model.energy_net.temb_hidden=32",
         "model.initializer.base_channels=16", "model.initializer.attention_resolutions=[16, 4]", "langevin.num_steps=2",
-        "eval.num_samples=4", "generation.batch_size=4", f"run.output_dir={tmp_path}", f"run.name={dataset}",
+        "eval.num_samples=4", "generation.batch_size=4", "eval.extractor=none", f"run.output_dir={tmp_path}",
+        f"run.name={dataset}",
     ])
     summary = train_locally(config, *dataset_for_run(config))
     assert summary["step"] == 3 and summary["metrics"]["sample_nan_fraction"] == 0.0

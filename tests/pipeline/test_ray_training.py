@@ -52,7 +52,7 @@ def test_two_workers_s3_shards_s3_checkpoints_mlflow_server(local_stack, tmp_pat
                           cwd=REPO, capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
     assert prep.returncode == 0, prep.stderr
     summary, _ = train(tmp_path, "run.name=s3run", "train.iterations=12", "train.checkpoint_every=4",
-                       "run.keep_checkpoints=2", "train.eval_every=8", "eval.plot=true", f"data.uri=s3://{bucket}/data/toy",
+                       "run.keep_checkpoints=2", "eval.every=8", "eval.plot=true", f"data.uri=s3://{bucket}/data/toy",
                        f"run.storage_path=s3://{bucket}/ckpt", f"tracking.uri={local_stack.mlflow_uri}", env=env)
     assert summary["step"] == 12 and summary["num_workers"] == 2
     assert summary["checkpoint"].startswith(f"s3://{bucket}/ckpt/s3run/checkpoint_")
@@ -72,7 +72,7 @@ def test_two_workers_s3_shards_s3_checkpoints_mlflow_server(local_stack, tmp_pat
     assert run.data.params["train.iterations"] == "12" and run.data.params["ray.num_workers"] == "2"
     for metric in ("energy_loss", "initializer_loss", "energy_positive/level_1", "energy_negative/level_6",
                    "langevin_displacement/level_3", "grad_norm/energy_net", "lr/initializer", "samples_per_s",
-                   "eval/in_support", "eval/mmd_bw1"):
+                   "eval/in_support", "eval/mmd_bw1", "eval/cost_s", "eval/samples_per_s"):
         assert metric in run.data.metrics, metric
     assert [m.step for m in client.get_metric_history(run.info.run_id, "energy_loss")] == [4, 8, 12]
     assert run.data.tags["dataset_version"] == summary["dataset_version"]
@@ -108,13 +108,45 @@ def test_resume_and_crash_recovery_equal_a_straight_run(tmp_path):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_class_conditional_image_nets_on_two_workers(tmp_path):
-    """UNet + ResNet energy net under DDP, labels with dropout, digits shards prepared from the built-in set."""
+def test_class_conditional_image_nets_on_two_workers_with_digits_fid(local_stack, tmp_path):
+    """UNet + ResNet energy net under DDP, labels with dropout, digits shards prepared from the built-in set;
+    digits-FID from both workers' samples logged to the MLflow server during training, then evaluate.py
+    on the checkpoint (two Ray tasks) reproduces the final FID with the same protocol."""
     summary, _ = train(tmp_path, "--config", "pipeline/configs/digits.yaml", "run.name=digits", "train.iterations=4",
                        "train.batch_size=16", "model.num_classes=10", "model.energy_net.base_channels=8",
-                       "model.initializer.base_channels=16", "eval.num_samples=8", "generation.batch_size=8",
-                       "tracking.enabled=false", "data.name=digits", "langevin.num_steps=2")
+                       "model.initializer.base_channels=16", "eval.num_samples=10", "generation.batch_size=4",
+                       "eval.every=2", "data.name=digits", "langevin.num_steps=2",
+                       f"tracking.uri={local_stack.mlflow_uri}", env=local_stack.env)
     assert summary["step"] == 4 and summary["metrics"]["sample_nan_fraction"] == 0.0
+    final_fid = summary["metrics"]["fid/digits_10"]
+    assert np.isfinite(final_fid) and final_fid > 0
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(local_stack.mlflow_uri)
+    run_id = summary["mlflow"]["run_id"]
+    history = client.get_metric_history(run_id, "fid/digits_10")
+    assert [m.step for m in history] == [2, 4] and history[-1].value == pytest.approx(final_fid, rel=1e-12)
+    assert [m.step for m in client.get_metric_history(run_id, "eval/cost_s")] == [2, 4]
+    grids = [f.path for f in client.list_artifacts(run_id, "images/step_00000002")]
+    assert [Path(p).name for p in grids] == ["samples_step_00000002.png"]
+
+    data_dir = next((tmp_path / "data").iterdir())
+    assert json.loads((data_dir / "manifest.json").read_text())["reference_stats"] == {"digits": "stats/digits.npz"}
+    report_path = tmp_path / "eval.json"
+    proc = subprocess.run([sys.executable, "pipeline/evaluate.py", "--model", summary["checkpoint"], "--workers", "2",
+                           "--json", str(report_path), "--out-dir", str(tmp_path / "evaluate"),
+                           "--tracking-uri", local_stack.mlflow_uri, "--log-to", run_id],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **local_stack.env})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(report_path.read_text())
+    assert report["workers"] == 2 and report["dataset_version"] == summary["dataset_version"]
+    assert report["primary_metric"]["name"] == "fid/digits_10" and report["primary_metric"]["higher_is_better"] is False
+    assert report["primary_metric"]["value"] == pytest.approx(final_fid, rel=1e-4)
+    assert report["protocol"]["reference_stats"]["num_images"] == 1797
+    assert [m.step for m in client.get_metric_history(run_id, "fid/digits_10")] == [2, 4, 4]  # --log-to the run
+
     out = tmp_path / "digits.npy"
     proc = subprocess.run([sys.executable, "pipeline/sample.py", "--checkpoint", summary["checkpoint"], "--num-samples", "4",
                            "--out", str(out), "--label", "3", "--guidance", "1.0", "--steps-per-level", "1"],
