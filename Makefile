@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
+KFP_VENV ?= .venv-kfp
 
-.PHONY: install train test test-fast bench stack-up stack-down clean
+.PHONY: install kfp-env train test test-fast bench stack-up stack-down clean
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +16,19 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# kfp conflicts with the main environment (protobuf, requests, kubernetes pins): its own venv, only to compile
+# infra/kubeflow/cdrl_pipeline.py and create recurring runs (~40 s once).
+$(KFP_VENV)/.installed: infra/kubeflow/requirements.txt
+	test -x $(KFP_VENV)/bin/python || $(PYTHON) -m venv $(KFP_VENV)
+	$(KFP_VENV)/bin/pip install --quiet --quiet -r infra/kubeflow/requirements.txt
+	touch $@
+
+kfp-env: $(KFP_VENV)/.installed
+
 train: install
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python pipeline/train.py $(ARGS)
 
-test: install
+test: install kfp-env
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q $(ARGS)
 
 test-fast: install
@@ -35,4 +45,4 @@ stack-down:
 	@PYTHON=$(BIN)/python infra/local/stack-down.sh $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(KFP_VENV) .pytest_cache build *.egg-info

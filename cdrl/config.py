@@ -6,6 +6,7 @@ and wrongly typed values raise :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -201,6 +202,24 @@ class ScoreMatchingConfig:
 
 
 @dataclass
+class RegistryConfig:
+    """MLflow model registry: a finished tracked run registers one model version (a sampling pyfunc)."""
+
+    enabled: bool = True
+    model_name: str | None = None  # None: "cdrl-" + data.name
+
+
+@dataclass
+class RetrainConfig:
+    """``pipeline/retrain.py``: warm-start from the champion, evaluate with a fixed protocol, promote if better."""
+
+    min_improvement: float = 0.0  # the challenger must beat the champion's primary metric by at least this much
+    warm_start: bool = True  # start from the champion's weights (False: from scratch)
+    iterations: int = 0  # training steps of a warm-started retrain (0: train.iterations)
+    eval_num_samples: int = 0  # N of the fixed protocol both models are scored with (0: eval.num_samples; seed: eval.seed)
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -212,6 +231,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
     # ---- training methods (cdrl/objectives/): the method and its own settings
     method: Method = "cdrl"
     mcmc: MCMCConfig = field(default_factory=MCMCConfig)
@@ -369,6 +390,12 @@ def validate(config: Config) -> None:
         ("ray.max_failures", config.ray.max_failures, config.ray.max_failures >= -1, ">= -1 (-1: unlimited)"),
         ("run.keep_checkpoints", config.run.keep_checkpoints, config.run.keep_checkpoints >= 1, ">= 1"),
         ("run.name", config.run.name, bool(config.run.name) and "/" not in config.run.name, "non-empty, no '/'"),
+        ("registry.model_name", config.registry.model_name,
+         config.registry.model_name is None or bool(re.fullmatch(r"[\w.-]+", config.registry.model_name)),
+         "None or letters, digits, '_', '.', '-'"),
+        ("retrain.min_improvement", config.retrain.min_improvement, config.retrain.min_improvement >= 0, ">= 0"),
+        ("retrain.iterations", config.retrain.iterations, config.retrain.iterations >= 0, ">= 0"),
+        ("retrain.eval_num_samples", config.retrain.eval_num_samples, config.retrain.eval_num_samples >= 0, ">= 0"),
     ]
     rules += method_rules(config)
     for key, value, ok, rule in rules:

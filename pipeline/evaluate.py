@@ -8,13 +8,14 @@
 The protocol is the checkpoint's ``eval`` settings: N = ``eval.num_samples`` samples (``--num-samples``),
 noise seeded by ``eval.seed`` (``--seed``) per block of ``generation.batch_size``, the same sampler, and
 for images the Fréchet distance of ``eval.extractor`` features to the dataset version's reference
-statistics (``DATA_URI/stats/EXTRACTOR.npz``, computed once). Generation is spread over Ray tasks when a
-Ray cluster is running (or ``--workers N``); the samples, and so the scores, do not depend on the worker
-count. The JSON report holds every metric, the primary one, the dataset version and the protocol.
+statistics (``DATA_URI/stats/EXTRACTOR.npz``, computed once). Generation is spread over Ray tasks under
+``ray job submit`` (RAY_ADDRESS set) or with ``--workers W``; the samples, and so the scores, do not depend
+on the worker count. The JSON report holds every metric, the primary one, the dataset version and the protocol.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,35 +40,33 @@ def primary_metric(metrics: dict[str, float], fid_name: str | None) -> dict:
     return {"name": "eval/sample_nan_fraction", "value": metrics["eval/sample_nan_fraction"], "higher_is_better": False}
 
 
-def ray_workers(requested: int | None, num_blocks: int) -> int:
-    """How many Ray tasks draw samples: ``requested`` (joining or starting a cluster), else the CPUs of a
-    running cluster; 0 (in-process) without a cluster or when there is only one block."""
-    if requested == 0 or num_blocks < 2:
+def ray_workers(requested: int | None, num_blocks: int, device: str = "cpu") -> int:
+    """How many Ray tasks draw samples. ``requested`` None: the CPUs (GPUs) of the cluster at RAY_ADDRESS (set
+    inside ``ray job submit``), else 0 (this process); ``requested`` W: W tasks on the running cluster
+    (``ray start``) or on a local one started for them. Never more tasks than blocks; 1 task is no task."""
+    if requested == 0 or num_blocks < 2 or (requested is None and not os.environ.get("RAY_ADDRESS")):
         return 0
     import ray
 
     if not ray.is_initialized():
-        try:
-            ray.init(address="auto", log_to_driver=False)
-        except ConnectionError:
-            if requested is None:
-                return 0
-            ray.init(num_cpus=requested, include_dashboard=False, log_to_driver=False)
-    available = int(ray.cluster_resources().get("CPU", 1))
+        ray.init(include_dashboard=False, log_to_driver=False)
+    available = int(ray.cluster_resources().get("GPU" if device.startswith("cuda") else "CPU", 1))
     workers = min(requested or available, num_blocks)
     return workers if workers >= 2 else 0
 
 
-def gather_shares_on_ray(checkpoint: dict, workers: int, num_samples: int | None, seed: int | None) -> list:
-    """Each of ``workers`` Ray tasks draws its blocks and extracts features; shares in rank order."""
+def gather_shares_on_ray(checkpoint: dict, workers: int, num_samples: int | None, seed: int | None,
+                         device: str) -> list:
+    """Each of ``workers`` Ray tasks (a GPU each for ``device`` cuda) draws its blocks and extracts features;
+    the shares in rank order."""
     import ray
     from tqdm import tqdm
 
     from pipeline.evaluation import checkpoint_share
 
-    task = ray.remote(num_cpus=1)(checkpoint_share)
+    task = ray.remote(num_cpus=1, num_gpus=1 if device.startswith("cuda") else 0)(checkpoint_share)
     shared = ray.put(checkpoint)
-    pending = {task.remote(shared, rank, workers, num_samples, seed): rank for rank in range(workers)}
+    pending = {task.remote(shared, rank, workers, num_samples, seed, device): rank for rank in range(workers)}
     shares: dict[int, object] = {}
     with tqdm(total=workers, desc=f"evaluation on {workers} Ray workers", unit="worker") as progress:
         waiting = list(pending)
@@ -118,11 +117,11 @@ def evaluate_model(ref: str, num_samples: int | None = None, seed: int | None = 
     protocol = evaluator.protocol
     reference = evaluator.reference()  # before sampling: a missing or stale file is computed first
     levels = build_levels(config, device)
-    world = ray_workers(workers, protocol.num_blocks)
+    world = ray_workers(workers, protocol.num_blocks, device)
     sampling_start = time.perf_counter()
     if world:
         evaluator.world_size = world
-        shares = gather_shares_on_ray(checkpoint, world, protocol.num_samples, protocol.seed)
+        shares = gather_shares_on_ray(checkpoint, world, protocol.num_samples, protocol.seed, device)
     else:
         shares = [evaluator.share(nets, levels)]
     metrics, artifacts = evaluator.finish(shares, nets["energy_net"], levels, out_dir, "evaluate", sampling_start)
@@ -165,7 +164,7 @@ def log_report(report: dict, log_to: str, tracking_uri: str | None, experiment: 
 
     from pipeline.tracking import check_reachable
 
-    uri = tracking_uri or __import__("os").environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs').absolute() / 'mlflow.db'}"
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('runs').absolute() / 'mlflow.db'}"
     check_reachable(uri)
     client = MlflowClient(uri)
     if log_to == "new":
@@ -193,14 +192,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, metavar="REF",
                         help="checkpoint file or folder (local or s3://), a run name, or models:/NAME@ALIAS")
-    parser.add_argument("--num-samples", type=int, metavar="N", help="samples to draw (default: the checkpoint's eval.num_samples)")
-    parser.add_argument("--seed", type=int, metavar="S", help="seed of the sampling noise (default: the checkpoint's eval.seed)")
+    parser.add_argument("--num-samples", type=int, metavar="N",
+                        help="samples to draw (default: the checkpoint's eval.num_samples)")
+    parser.add_argument("--seed", type=int, metavar="S",
+                        help="seed of the sampling noise (default: the checkpoint's eval.seed)")
     parser.add_argument("--json", metavar="OUT", help="write the report here")
     parser.add_argument("--log-to", metavar="RUN_ID|new", help="log the metrics to this MLflow run, or to a new run")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
+    parser.add_argument("--tracking-uri",
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else runs/mlflow.db)")
     parser.add_argument("--experiment", default="cdrl", help="MLflow experiment of a new run (default: %(default)s)")
     parser.add_argument("--workers", type=int, metavar="W",
-                        help="Ray tasks that draw samples (default: the CPUs of a running cluster; 0: this process)")
+                        help="Ray tasks that draw samples, on the running cluster or a local one (default: the CPUs of "
+                             "the cluster at $RAY_ADDRESS if set, else 0: this process)")
     parser.add_argument("--data-uri", help="the dataset the model was trained on (default: the checkpoint's data.uri)")
     parser.add_argument("--out-dir", default="runs/evaluate", help="where the sample grid goes (default: %(default)s)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -225,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{report['model']} (step {report['step']}, {report['checkpoint']})")
     for key, value in report["metrics"].items():
         print(f"  {key}: {value:.4g}")
-    print(f"  primary: {primary['name']} = {primary['value']:.4g} ({'higher' if primary['higher_is_better'] else 'lower'} is better)")
+    better = "higher" if primary["higher_is_better"] else "lower"
+    print(f"  primary: {primary['name']} = {primary['value']:.4g} ({better} is better)")
     if args.json:
         write_json(args.json, report)
         print(f"  report: {args.json}")

@@ -195,7 +195,8 @@ class Evaluator:
     """
 
     def __init__(self, config: Config, data_shape: tuple[int, ...], *,
-                 reference: Callable[[FeatureExtractor], object] | None = None, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu", gather: Gather = local_gather,
+                 reference: Callable[[FeatureExtractor], object] | None = None, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", gather: Gather = local_gather,
                  num_samples: int | None = None, seed: int | None = None, extractor: FeatureExtractor | None = None,
                  progress: bool = False) -> None:
         self.config, self.data_shape = config, tuple(data_shape)

@@ -24,8 +24,9 @@ def run_dir(config: Config) -> Path:
     return Path(config.run.output_dir).absolute() / config.run.name
 
 
-def train_locally(config: Config, data_uri: str, manifest: Manifest) -> dict:
-    """Train (resuming from this run's latest checkpoint if any), evaluate, return the summary dict."""
+def train_locally(config: Config, data_uri: str, manifest: Manifest, warm_start: dict | None = None) -> dict:
+    """Train (resuming from this run's latest checkpoint if any, else from ``warm_start`` weights if given),
+    evaluate, return the summary dict."""
     out = run_dir(config)
     store = LocalCheckpointDir(config.run.storage_path or out / "checkpoints", config.run.keep_checkpoints)
     data = load_training_data(data_uri)
@@ -52,7 +53,7 @@ def train_locally(config: Config, data_uri: str, manifest: Manifest) -> dict:
             f.write(json.dumps({"step": step, **evaluation["metrics"]}) + "\n")
 
     hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_now)
-    result = run_training(config, data, WorkerContext(), hooks, resume)
+    result = run_training(config, data, WorkerContext(), hooks, resume, warm_start)
     metrics, artifacts = evaluation["metrics"], evaluation["artifacts"]
     return {
         "run_name": config.run.name,

@@ -46,7 +46,8 @@ class WorkerContext:
 class LoopHooks:
     log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
     checkpoint: Callable[[int, dict, bool], None] = lambda step, checkpoint, final: None
-    evaluate: Callable[[int, Trainer, bool], None] = lambda step, trainer, final: None  # every eval.every steps, and at the end; on every rank
+    # every eval.every steps and at the end, on every rank
+    evaluate: Callable[[int, Trainer, bool], None] = lambda step, trainer, final: None
     after_step: Callable[[int], None] = lambda step: None
 
 
@@ -84,6 +85,22 @@ def build_worker_trainer(config: Config, item_shape: tuple[int, ...], ctx: Worke
     return build_trainer(config, nets, levels)
 
 
+def warm_start_weights(checkpoint: dict) -> dict:
+    """The part of a checkpoint a warm start takes: both nets' weights and their EMAs."""
+    state = checkpoint["trainer"]
+    return {"nets": state["nets"], "emas": state["emas"], "step": state["step"]}
+
+
+def load_warm_start(trainer: Trainer, weights: dict) -> None:
+    """Start from another run's weights and EMAs (a retrain from the champion). Optimizers, LR warm-ups and the
+    step count start afresh, so ``train.iterations`` steps of fine-tuning follow."""
+    from cdrl.objectives.base import unwrap
+
+    for name, net in trainer.nets.items():
+        unwrap(net).load_state_dict(weights["nets"][name])
+        trainer.emas[name].load_state_dict(weights["emas"][name])
+
+
 @dataclass
 class LoopResult:
     trainer: Trainer
@@ -96,11 +113,17 @@ def run_training(
     ctx: WorkerContext,
     hooks: LoopHooks,
     resume: dict | None = None,
+    warm_start: dict | None = None,
 ) -> LoopResult:
-    """Train to ``train.iterations`` (or ``train.time_budget_s``), then evaluate and checkpoint once more."""
+    """Train to ``train.iterations`` (or ``train.time_budget_s``), then evaluate and checkpoint once more.
+
+    ``resume`` (this run's own checkpoint) restores everything; otherwise ``warm_start`` (``warm_start_weights``
+    of another run's checkpoint) sets the starting weights."""
     trainer = build_worker_trainer(config, data.item_shape, ctx)
     if resume is not None:
         trainer.load_state_dict(resume["trainer"])
+    elif warm_start is not None:
+        load_warm_start(trainer, warm_start)
     batch = per_worker_batch(config, ctx.world_size)
     if batch > len(data.x):
         raise ValueError(f"per-worker batch {batch} exceeds the worker's {len(data.x)} examples")

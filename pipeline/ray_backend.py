@@ -52,15 +52,16 @@ def check_storage(config: Config) -> None:
 
 
 def connect_ray() -> None:
-    """Join the running cluster (RAY_ADDRESS, `ray start`, `ray job submit`), else start a local one."""
+    """Join the running cluster (RAY_ADDRESS, `ray start`, `ray job submit`), else start a local one.
+
+    ``ray.init()`` without an address looks only there; ``address="auto"`` would also join any Ray
+    process it finds on the machine, e.g. another user's cluster.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    try:
-        ray.init(address="auto", log_to_driver=True)
-    except ConnectionError:
-        ray.init(log_to_driver=True)
+    ray.init(log_to_driver=True)
 
 
 def quiet_ray_data() -> None:
@@ -70,7 +71,10 @@ def quiet_ray_data() -> None:
     DataContext.get_current().enable_progress_bars = False
 
 
-def train_on_ray(config: Config, data_uri: str, manifest: Manifest) -> dict[str, Any]:
+def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: dict | None = None) -> dict[str, Any]:
+    """Train on Ray Train (resuming this run if its storage has checkpoints, else from ``warm_start`` weights);
+    with tracking on, a finished run registers one model version (``pipeline.registry``) from this driver."""
+    import ray
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -81,7 +85,8 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest) -> dict[str,
     prepare_reference_stats(config, data_uri, manifest)  # once, here, rather than on a worker mid-run
     tracking = None
     if config.tracking.enabled:
-        tracking = start_run(config, {"dataset_version": manifest.version, "data_uri": data_uri})
+        tracking = start_run(config, {"dataset_version": manifest.version, "data_uri": data_uri},
+                             dataset=(data_uri, manifest))
     connect_ray()
     quiet_ray_data()
     run_dir = Path(config.run.output_dir).absolute() / config.run.name
@@ -89,7 +94,9 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest) -> dict[str,
     trainer = TorchTrainer(
         train_loop_per_worker=worker_main,
         train_loop_config={"config": config.to_dict(), "data_uri": data_uri, "manifest": manifest.to_json(),
-                           "tracking": tracking, "run_dir": str(run_dir)},
+                           "tracking": tracking, "run_dir": str(run_dir),
+                           # through the object store: workers on other nodes cannot read the driver's disk
+                           "warm_start": ray.put(warm_start) if warm_start is not None else None},
         scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
                                      resources_per_worker={"CPU": config.ray.cpus_per_worker}),
         run_config=RunConfig(
@@ -109,9 +116,17 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest) -> dict[str,
         raise
     metrics = dict(result.metrics or {})
     uri = checkpoint_uri(config, result.checkpoint.path) if result.checkpoint else None
+    registered = None
     if tracking:
         logger = RunLogger(*tracking)
         logger.set_tags({"checkpoint_uri": uri})
+        if config.registry.enabled and uri:
+            from pipeline.registry import register_checkpoint
+
+            name, version = register_checkpoint(uri, config, *tracking, tags={"dataset_version": manifest.version,
+                                                                              "step": int(metrics.get("step", 0))})
+            registered = {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
+            print(f"registered {registered['uri']}")
         logger.finish()
     return {
         "run_name": config.run.name,
@@ -123,6 +138,7 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest) -> dict[str,
         "artifacts": {k.removeprefix("artifact/"): metrics.pop(k) for k in list(metrics) if k.startswith("artifact/")},
         "metrics": summary_metrics({k: v for k, v in metrics.items() if k.startswith(("eval/", "fid/"))}),
         "mlflow": {"tracking_uri": tracking[0], "run_id": tracking[1]} if tracking else None,
+        "registered_model": registered,
         "dataset_version": manifest.version,
     }
 
@@ -216,6 +232,8 @@ def worker_main(loop_config: dict[str, Any]) -> None:
                         any_rank_flag=lambda flag: any_rank(flag, device))
     silence_report_lines()
     logger = RunLogger(*loop_config["tracking"]) if rank == 0 and loop_config["tracking"] else None
+    if logger:
+        logger.start_system_metrics()
     run_dir = Path(loop_config["run_dir"])
     last_metrics: dict[str, float] = {}
 
@@ -261,4 +279,9 @@ def worker_main(loop_config: dict[str, Any]) -> None:
             os._exit(1)  # a lost worker: Ray Train restarts the group from the last checkpoint
 
     hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_now, after_step=crash_once)
-    run_training(config, data, ctx, hooks, resume=_resume_state())
+    warm_start = ray.get(loop_config["warm_start"]) if loop_config["warm_start"] is not None else None
+    try:
+        run_training(config, data, ctx, hooks, resume=_resume_state(), warm_start=warm_start)
+    finally:
+        if logger:
+            logger.stop_system_metrics()

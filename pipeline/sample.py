@@ -2,6 +2,7 @@
 
     python pipeline/sample.py --checkpoint runs/toy/checkpoints/step_00008000.pt --num-samples 2500 --out s.npy
     python pipeline/sample.py --checkpoint s3://bucket/ckpt/.../checkpoint.pt --num-samples 64 --out s.npy --grid s.png
+    python pipeline/sample.py --model models:/cdrl-8squares@champion --num-samples 2500 --out s.npy
 
 Writes float32 samples in data space, shape (N, *data_shape). ``--steps-per-level`` below the training
 value is the sampling-efficient variant.
@@ -23,12 +24,15 @@ from cdrl.factory import build_levels, build_sampler, nets_from_checkpoint  # no
 from cdrl.generation import Conditioning  # noqa: E402
 from pipeline.checkpoint_io import read_checkpoint  # noqa: E402
 from pipeline.cli import run_main  # noqa: E402
+from pipeline.model_ref import ModelRefError, resolve_checkpoint  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pipeline/sample.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file: local path or s3:// URI")
+    parser.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, metavar="REF",
+                        help="checkpoint file or folder (local path or s3:// URI), a run name, or a registered model: "
+                             "models:/NAME@ALIAS or models:/NAME/VERSION (tracking server: $MLFLOW_TRACKING_URI)")
     parser.add_argument("--num-samples", type=int, required=True)
     parser.add_argument("--out", required=True, help="output .npy file")
     parser.add_argument("--steps-per-level", type=int,
@@ -42,21 +46,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def draw_samples(config, nets: dict, data_shape: tuple[int, ...], num_samples: int, label: int | None = None,
+                 guidance_weight: float | None = None, steps_per_level: int | None = None, seed: int = 0,
+                 device: str = "cpu") -> torch.Tensor:
+    """``num_samples`` float32 samples (N, *data_shape) on the CPU from the method's sampler (CDRL: ancestral
+    sampling, §7), guided by ``label``
+    (0-based) with weight ``guidance_weight`` (§8, default the config's) for a class-conditional model."""
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+    torch.manual_seed(seed)
+    cond = None
+    if label is not None:
+        if not config.model.num_classes:
+            raise ConfigError("a label was given but the model is unconditional (model.num_classes=0)")
+        if not 0 <= label < config.model.num_classes:
+            raise ConfigError(f"label {label} is outside 0..{config.model.num_classes - 1}")
+        labels = torch.full((num_samples,), label + 1, dtype=torch.long)
+        cond = Conditioning.guided(labels, config.generation.guidance_weight if guidance_weight is None else guidance_weight)
+    samples = build_sampler(config, build_levels(config, device)).sample(
+        nets, num_samples, data_shape, device, steps=steps_per_level, cond=cond).samples
+    return samples.float()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
-    torch.manual_seed(args.seed)
-    config, nets, data_shape = nets_from_checkpoint(read_checkpoint(args.checkpoint), args.device, not args.raw_weights)
-    levels = build_levels(config, args.device)
-    cond = None
-    if args.label is not None:
-        if not config.model.num_classes:
-            raise ConfigError("--label given but the checkpoint's model is unconditional (model.num_classes=0)")
-        labels = torch.full((args.num_samples,), args.label + 1, dtype=torch.long)
-        cond = Conditioning.guided(labels, args.guidance if args.guidance is not None else config.generation.guidance_weight)
-    samples = build_sampler(config, levels).sample(nets, args.num_samples, data_shape, args.device,
-                                                   steps=args.steps_per_level, cond=cond).samples
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    config, nets, data_shape = nets_from_checkpoint(read_checkpoint(checkpoint), args.device, not args.raw_weights)
+    samples = draw_samples(config, nets, data_shape, args.num_samples, args.label, args.guidance,
+                           args.steps_per_level, args.seed, args.device)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, samples.numpy().astype(np.float32))
@@ -72,4 +91,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from pipeline.datasets.errors import StorageError
 
-    run_main(main, (ConfigError, FileNotFoundError, ValueError, StorageError))
+    from pipeline.registry import RegistryError
+
+    run_main(main, (ConfigError, FileNotFoundError, ValueError, StorageError, ModelRefError, RegistryError))

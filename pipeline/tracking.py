@@ -2,6 +2,17 @@
 
 The driver resolves the tracking URI, checks that it answers, and creates (or, for a resumed run, finds)
 the MLflow run; rank 0 of the workers logs metrics and images into it by run id.
+
+Conventions, the same on every run so that runs compare side by side in the MLflow UI:
+- run name = ``run.name`` (also tag ``cdrl.run_name``); tags ``cdrl.run_kind`` (train, retrain),
+  ``cdrl.dataset``, ``dataset_version``, ``data_uri``, ``checkpoint_uri`` once finished;
+- MLflow's standard tags set explicitly (``mlflow.source.name/type/git.commit/git.branch/git.repoURL``,
+  ``mlflow.user``): inside Ray workers MLflow would fill them from Ray's worker script;
+- metrics: losses and per-level curves by step (``energy_loss``, ``energy_positive/level_t``, ...),
+  evaluation under ``eval/...`` and ``fid/EXTRACTOR_N``, images under ``images/step_XXXXXXXX/``,
+  system metrics (``system/...``) from rank 0;
+- the dataset is a run input (name, source URI, digest = its content version id), not loaded;
+- the experiment is tagged ``mlflow.experimentKind=custom_model_development`` (a model-training experiment).
 """
 from __future__ import annotations
 
@@ -16,6 +27,9 @@ from typing import Any
 from cdrl.config import Config, flatten
 
 RUN_NAME_TAG = "cdrl.run_name"
+RUN_KIND_TAG = "cdrl.run_kind"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+SYSTEM_METRICS_INTERVAL_S = 10.0
 SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
 
 
@@ -53,44 +67,93 @@ def loggable_params(config: Config) -> dict[str, str]:
     return params
 
 
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def git_commit() -> str:
     """The checkout's commit; images without .git pass it as the GIT_COMMIT environment variable."""
-    if os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
+    return os.environ.get("GIT_COMMIT") or _git("rev-parse", "HEAD") or "unknown"
+
+
+def source_tags(entry_point: str) -> dict[str, str]:
+    """MLflow's standard ``mlflow.source.*`` and ``mlflow.user`` tags for a run started by ``entry_point``."""
+    import getpass
+
+    tags = {"mlflow.source.name": entry_point, "mlflow.source.type": "JOB", "mlflow.source.git.commit": git_commit()}
+    branch = os.environ.get("GIT_BRANCH") or _git("rev-parse", "--abbrev-ref", "HEAD")
+    repo_url = os.environ.get("GIT_REPO_URL") or _git("config", "--get", "remote.origin.url")
+    if branch and branch != "HEAD":
+        tags["mlflow.source.git.branch"] = branch
+    if repo_url:
+        tags["mlflow.source.git.repoURL"] = repo_url
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parents[1]).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        pass
+    return tags
 
 
-def start_run(config: Config, tags: dict[str, str]) -> tuple[str, str]:
-    """(tracking_uri, run_id): reuse the MLflow run of a resumed training run, else create one."""
+def experiment_id_for(client, config: Config, uri: str) -> str:
+    """The experiment ``tracking.experiment``, created if missing, tagged as a model-training experiment."""
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None:
+        location = None
+        if not uri.startswith(("http://", "https://")):
+            location = (Path(config.run.output_dir).absolute() / "mlartifacts").as_uri()
+        return client.create_experiment(config.tracking.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def log_dataset_input(client, run_id: str, data_uri: str, manifest) -> None:
+    """Record the dataset as the run's training input: name, source URI, digest = the manifest's content version
+    (MLflow keeps 36 characters of it), item schema; no data is read."""
+    import numpy as np
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.types import Schema, TensorSpec
+
+    schema = Schema([TensorSpec(np.dtype(manifest.dtype), (-1, *manifest.item_shape), name="data")])
+    dataset = MetaDataset(source=resolve_dataset_source(data_uri), name=manifest.dataset, digest=manifest.version[:36],
+                          schema=schema)
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
+                                                     tags=[InputTag("mlflow.data.context", "training")])])
+
+
+def start_run(config: Config, tags: dict[str, str], entry_point: str = "pipeline/train.py", kind: str = "train",
+              dataset: tuple[str, Any] | None = None) -> tuple[str, str]:
+    """(tracking_uri, run_id): reuse the MLflow run of a resumed training run, else create one.
+
+    ``dataset`` = (data_uri, manifest) is logged as the run's input once, when the run is created."""
     from mlflow import MlflowClient
     from mlflow.entities import Param, RunTag
 
     uri = tracking_uri(config)
     check_reachable(uri)
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(config.tracking.experiment)
-    if experiment is None:
-        location = None
-        if not uri.startswith(("http://", "https://")):
-            location = (Path(config.run.output_dir).absolute() / "mlartifacts").as_uri()
-        experiment_id = client.create_experiment(config.tracking.experiment, artifact_location=location)
-    else:
-        experiment_id = experiment.experiment_id
+    experiment_id = experiment_id_for(client, config, uri)
     existing = client.search_runs([experiment_id], f"tags.`{RUN_NAME_TAG}` = '{config.run.name}'",
                                   order_by=["attributes.start_time DESC"], max_results=1)
     if existing:
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        run_id = client.create_run(experiment_id, run_name=config.run.name, tags={RUN_NAME_TAG: config.run.name}).info.run_id
+        run_tags = {RUN_NAME_TAG: config.run.name, RUN_KIND_TAG: kind, "cdrl.dataset": config.data.name}
+        run_id = client.create_run(experiment_id, run_name=config.run.name, tags=run_tags).info.run_id
         params = [Param(k, v) for k, v in loggable_params(config).items()]
         for start in range(0, len(params), 100):
             client.log_batch(run_id, params=params[start : start + 100])
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {"git_commit": git_commit(), **tags}.items()])
+        if dataset is not None:
+            log_dataset_input(client, run_id, *dataset)
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in {**source_tags(entry_point), **tags}.items()])
     return uri, run_id
 
 
@@ -101,7 +164,8 @@ class RunLogger:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(uri)
-        self.run_id = run_id
+        self.uri, self.run_id = uri, run_id
+        self.system_metrics = None
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
@@ -118,5 +182,20 @@ class RunLogger:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
+    def start_system_metrics(self) -> None:
+        """CPU, memory, disk, network (and GPU with nvidia-ml-py) as ``system/...`` metrics, every 10 s
+        (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` overrides); steps continue those of an earlier attempt."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.system_metrics = SystemMetricsMonitor(self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                                   resume_logging=True, tracking_uri=self.uri)
+        self.system_metrics.start()
+
+    def stop_system_metrics(self) -> None:
+        if self.system_metrics is not None:
+            self.system_metrics.finish()
+            self.system_metrics = None
+
     def finish(self, status: str = "FINISHED") -> None:
+        self.stop_system_metrics()
         self.client.set_terminated(self.run_id, status=status)

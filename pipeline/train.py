@@ -3,6 +3,7 @@
     python pipeline/train.py                                   # the fast 2-D toy, embedded default
     python pipeline/train.py --config pipeline/configs/digits.yaml train.iterations=500 run.name=d1
     python pipeline/train.py --config pipeline/configs/cifar10.yaml --dry-run
+    python pipeline/train.py run.name=toy-ft --warm-start models:/cdrl-8squares@champion   # fine-tune the champion
 
 Overrides are dotted ``section.key=value`` pairs (values parsed as YAML). Re-running with the same
 ``run.name`` resumes from that run's latest checkpoint.
@@ -35,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.iterations=100")
     parser.add_argument("--summary", metavar="OUT.json", help="write the run summary (checkpoint, step, metrics) here")
     parser.add_argument("--dry-run", action="store_true", help="resolve the config, build the method's nets, print them; no training")
+    parser.add_argument("--warm-start", metavar="REF",
+                        help="start from the weights and EMAs of another model (checkpoint path or URI, run name, or "
+                             "models:/NAME@ALIAS); fresh optimizers and step count. A models:/ alias that does not "
+                             "exist yet (first run of a schedule) trains from scratch. Resuming this run wins over it")
     parser.add_argument("--backend", choices=["ray", "local"], default="ray",
                         help="ray: Ray Train with ray.num_workers workers (joins a running cluster or starts one); "
                              "local: this process only, no Ray, no MLflow (default: %(default)s)")
@@ -66,6 +71,29 @@ def dry_run(config) -> dict:
             "param_counts": counts, "metrics": {}, "config": config.to_dict(), "checkpoint_format": FORMAT}
 
 
+def warm_start_from(ref: str, config) -> dict | None:
+    """The weights (``pipeline.loop.warm_start_weights``) of model ``ref``, checked to fit ``config``'s nets;
+    None when ``ref`` is a registered alias that does not exist yet."""
+    from pipeline.checkpoint_io import read_checkpoint
+    from pipeline.loop import warm_start_weights
+    from pipeline.model_ref import resolve_checkpoint
+    from pipeline.registry import alias_version, parse_model_uri
+    from pipeline.tracking import tracking_uri
+
+    if ref.startswith("models:/"):
+        name, alias, _ = parse_model_uri(ref)
+        if alias and alias_version(name, alias, tracking_uri(config)) is None:
+            print(f"{ref} does not exist yet: training from scratch")
+            return None
+    checkpoint = read_checkpoint(resolve_checkpoint(ref, tracking_uri(config)))
+    for section in ("model", "schedule"):
+        if checkpoint["config"][section] != config.to_dict()[section]:
+            raise ConfigError(f"--warm-start {ref}: its {section} settings differ from this run's; "
+                              f"a warm start needs the same nets and noise schedule")
+    print(f"warm start from {ref} (step {checkpoint['trainer']['step']})")
+    return warm_start_weights(checkpoint)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
@@ -83,14 +111,15 @@ def main(argv: list[str] | None = None) -> int:
 
         check_extractor_available(config, data_shape_for(config))  # e.g. missing FID weights: fail before any work
         data_uri, manifest = dataset_for_run(config)
+        warm_start = warm_start_from(args.warm_start, config) if args.warm_start else None
         if args.backend == "local":
             from pipeline.local_backend import train_locally
 
-            summary = train_locally(config, data_uri, manifest)
+            summary = train_locally(config, data_uri, manifest, warm_start)
         else:
             from pipeline.ray_backend import train_on_ray
 
-            summary = train_on_ray(config, data_uri, manifest)
+            summary = train_on_ray(config, data_uri, manifest, warm_start)
         summary["param_counts"] = dry_run(config)["param_counts"]
         print_summary(summary)
     if args.summary:
@@ -111,4 +140,8 @@ if __name__ == "__main__":
     from pipeline.datasets.errors import DatasetError, StorageError
     from pipeline.tracking import TrackingError
 
-    run_main(main, (ConfigError, DatasetError, StorageError, TrackingError, FileNotFoundError, FloatingPointError))
+    from pipeline.model_ref import ModelRefError
+    from pipeline.registry import RegistryError
+
+    run_main(main, (ConfigError, DatasetError, StorageError, TrackingError, FileNotFoundError, FloatingPointError,
+                    ModelRefError, RegistryError))

@@ -105,3 +105,19 @@ def test_bar_parsing_and_checks():
         parse_bar("in_support=0.9")
     with pytest.raises(BenchmarkError, match="in_support"):
         check_bar(parse_bar("in_support>=0.9"), "rings", (1.0,))
+
+
+def test_digits_fid_writes_curve_and_classifier_accuracy(tmp_path):
+    out = tmp_path / "digits_fid.json"
+    proc = run_script("digits_fid.py", "train.batch_size=16", "langevin.num_steps=1", "model.energy_net.base_channels=8",
+                      "model.initializer.base_channels=16", "eval.num_samples=8", "generation.batch_size=8",
+                      "train.log_every=1", "--budget-s", "0.5", "--eval-every", "1", "--threads", "1",
+                      "--output-dir", str(tmp_path),
+                      "--json", str(out))
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "digits_fid" and report["metric"] == "fid/digits_8"
+    assert report["curve"][0]["iterations"] == 1 and report["curve"][-1]["iterations"] == report["iterations"]
+    assert all(point["fid/digits_8"] > 0 and point["eval/samples_per_s"] > 0 for point in report["curve"])
+    assert report["final_fid"] == report["curve"][-1]["fid/digits_8"] and report["real_digits_fid"] > 0
+    assert report["classifier_held_out_accuracy"] > 0.95 and MACHINE_KEYS <= set(report["machine"])
+    assert "fid/digits_8" in proc.stdout and "held-out" in proc.stdout

@@ -26,6 +26,7 @@ KUBE_MANIFESTS = [path for path in MANIFESTS if path != CLUSTER_LAUNCHER]
 DOCKERFILES = sorted(path for path in (INFRA / "docker").glob("Dockerfile*") if path.suffix != ".dockerignore")
 
 IMAGE_PREFIX = "ghcr.io/OWNER/cdrl-pipeline:"
+KUBECTL_IMAGE = re.compile(r"registry\.k8s\.io/kubectl:v1\.\d+\.\d+")  # pods that only talk to the Kubernetes API
 AWS_ACCESS_KEY = re.compile(r"AKIA[0-9A-Z]{16}")
 SHELL_OPERATOR = re.compile(r"^[();<>|&]+$")
 
@@ -35,8 +36,12 @@ def rel(path: Path) -> str:
 
 
 def documents(path: Path) -> list[Any]:
-    """Every YAML document in the file (``---`` separated), empty ones dropped."""
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    """Every YAML document in the file (``---`` separated), empty ones dropped, then the manifests that
+    ConfigMaps carry as ``*.yaml`` values (the RayJob that the retrain CronJob creates)."""
+    docs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+    carried = [yaml.safe_load(text) for doc in docs if isinstance(doc, dict) and doc.get("kind") == "ConfigMap"
+               for key, text in doc.get("data", {}).items() if key.endswith((".yaml", ".yml"))]
+    return docs + carried
 
 
 def walk(node: Any) -> Iterator[Any]:
@@ -97,7 +102,8 @@ def pipeline_invocations(text: str) -> Iterator[tuple[str, list[str]]]:
 def find_invocations() -> list[Invocation]:
     found = []
     for path in MANIFESTS:
-        texts = [text for doc in documents(path) for text in command_texts(doc)] + [comment_text(path)]
+        commands = [doc for doc in documents(path) if doc.get("kind") != "ConfigMap"]  # carried manifests come parsed
+        texts = [text for doc in commands for text in command_texts(doc)] + [comment_text(path)]
         for text in texts:
             for script, args in pipeline_invocations(text):
                 if Invocation(rel(path), script, args) not in found:
@@ -107,16 +113,18 @@ def find_invocations() -> list[Invocation]:
 
 INVOCATIONS = find_invocations()
 TRAIN_INVOCATIONS = [inv for inv in INVOCATIONS if inv.script == "pipeline/train.py"]
+RETRAIN_INVOCATIONS = [inv for inv in INVOCATIONS if inv.script == "pipeline/retrain.py"]
 
 
 def config_of(inv: Invocation) -> Config:
-    """Resolve a train.py command line exactly as the script does; fails on unknown flags or config keys."""
+    """Resolve a train.py or retrain.py command line exactly as the script does; fails on unknown flags or keys."""
+    from pipeline.retrain import parse_args as parse_retrain_args
     from pipeline.train import parse_args
 
     try:
-        args = parse_args(inv.args)
+        args = (parse_retrain_args if inv.script == "pipeline/retrain.py" else parse_args)(inv.args)
     except SystemExit:
-        pytest.fail(f"pipeline/train.py rejects the arguments of {inv}")
+        pytest.fail(f"{inv.script} rejects the arguments of {inv}")
     config_path = Path(args.config)
     return load_config(config_path if config_path.is_absolute() else REPO / config_path, args.overrides)
 
@@ -137,7 +145,7 @@ def pinned_ray_version() -> str:
 def test_the_deployment_files_are_all_found():
     names = {rel(path) for path in MANIFESTS}
     expected = {"infra/k8s/raycluster.yaml", "infra/k8s/rayjob-train.yaml", "infra/k8s/cronjob-retrain.yaml",
-                "infra/k8s/secret-example.yaml", "ray_cluster.yaml"}
+                "infra/k8s/raycronjob-retrain.yaml", "infra/k8s/secret-example.yaml", "ray_cluster.yaml"}
     assert expected <= names
     assert {path.name for path in DOCKERFILES} == {"Dockerfile", "Dockerfile.cpu"}
 
@@ -152,7 +160,8 @@ def test_manifest_parses(path):
 @pytest.mark.parametrize("path", KUBE_MANIFESTS, ids=rel)
 def test_kubernetes_objects_have_kind_version_and_name(path):
     for doc in documents(path):
-        assert doc.get("apiVersion") and doc.get("kind") and doc.get("metadata", {}).get("name"), doc
+        metadata = doc.get("metadata", {})
+        assert doc.get("apiVersion") and doc.get("kind") and (metadata.get("name") or metadata.get("generateName")), doc
 
 
 # ------------------------------------------------------------------------------------------------ KubeRay
@@ -165,10 +174,18 @@ def test_kuberay_objects_are_ray_io_v1():
                 assert doc["apiVersion"] == "ray.io/v1", f"{rel(path)}: {doc['kind']} {doc['apiVersion']}"
 
 
+def retrain_rayjob_specs() -> dict[str, dict[str, Any]]:
+    """The RayJob spec of the scheduled retrain, both ways: created by the CronJob, templated by the RayCronJob."""
+    return {"infra/k8s/cronjob-retrain.yaml": kube_object("infra/k8s/cronjob-retrain.yaml", "RayJob")["spec"],
+            "infra/k8s/raycronjob-retrain.yaml": kube_object("infra/k8s/raycronjob-retrain.yaml",
+                                                             "RayCronJob")["spec"]["jobTemplate"]}
+
+
 def test_rayjob_creates_and_deletes_its_own_cluster():
-    spec = kube_object("infra/k8s/rayjob-train.yaml", "RayJob")["spec"]
-    assert spec["shutdownAfterJobFinishes"] is True
-    assert spec["rayClusterSpec"]["headGroupSpec"] and spec["rayClusterSpec"]["workerGroupSpecs"]
+    specs = [kube_object("infra/k8s/rayjob-train.yaml", "RayJob")["spec"], *retrain_rayjob_specs().values()]
+    for spec in specs:
+        assert spec["shutdownAfterJobFinishes"] is True
+        assert spec["rayClusterSpec"]["headGroupSpec"] and spec["rayClusterSpec"]["workerGroupSpecs"]
 
 
 def test_ray_version_matches_the_project_pin():
@@ -176,6 +193,7 @@ def test_ray_version_matches_the_project_pin():
     cluster = kube_object("infra/k8s/raycluster.yaml", "RayCluster")["spec"]
     job_cluster = kube_object("infra/k8s/rayjob-train.yaml", "RayJob")["spec"]["rayClusterSpec"]
     assert cluster["rayVersion"] == job_cluster["rayVersion"] == version
+    assert {spec["rayClusterSpec"]["rayVersion"] for spec in retrain_rayjob_specs().values()} == {version}
 
 
 def test_every_image_is_the_project_image():
@@ -183,7 +201,8 @@ def test_every_image_is_the_project_image():
     images = [node["image"] for path in KUBE_MANIFESTS for doc in documents(path) for node in walk(doc)
               if isinstance(node, dict) and isinstance(node.get("image"), str)]
     images.append(documents(CLUSTER_LAUNCHER)[0]["docker"]["image"])
-    assert images and all(image.startswith(IMAGE_PREFIX) for image in images), images
+    ours = [image for image in images if not KUBECTL_IMAGE.fullmatch(image)]
+    assert len(ours) > len(images) - 2 and all(image.startswith(IMAGE_PREFIX) for image in ours), images
 
 
 def test_env_sources_exist():
@@ -210,20 +229,39 @@ def cluster_gpus(cluster_spec: dict[str, Any]) -> int:
     return total
 
 
-def test_cronjob_submits_to_the_rayclusters_head_service():
-    cronjob = kube_object("infra/k8s/cronjob-retrain.yaml", "CronJob")
-    cluster = kube_object("infra/k8s/raycluster.yaml", "RayCluster")
-    text = "\n".join(command_texts(cronjob))
-    addresses = re.findall(r"--address[ =]+(\S+)", text)
-    assert addresses == [f"http://{cluster['metadata']['name']}-head-svc:8265"]
+def test_scheduled_retrain_is_the_same_rayjob_both_ways():
+    """The CronJob's pod creates the RayJob carried by the ConfigMap it mounts, with a service account allowed to;
+    the RayCronJob templates the very same RayJob spec; both run retrain.py with --exit-zero."""
+    path = "infra/k8s/cronjob-retrain.yaml"
+    pod = kube_object(path, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["kubectl", "create", "-f"]
+    mount = next(m for m in container["volumeMounts"] if container["command"][3].startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    config_map = kube_object(path, "ConfigMap")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    assert Path(container["command"][3]).name in config_map["data"]
+    assert kube_object(path, "RayJob")["metadata"]["generateName"]  # a new RayJob every week
+    role, binding = kube_object(path, "Role"), kube_object(path, "RoleBinding")
+    assert {"apiGroups": ["ray.io"], "resources": ["rayjobs"], "verbs": ["create", "get", "list"]} in role["rules"]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"] == kube_object(path, "ServiceAccount")["metadata"]["name"]
+    specs = retrain_rayjob_specs()
+    assert specs[path] == specs["infra/k8s/raycronjob-retrain.yaml"]
+    assert re.fullmatch(r"(\S+ ){4}\S+", kube_object("infra/k8s/raycronjob-retrain.yaml", "RayCronJob")["spec"]["schedule"])
+    entry = specs[path]["entrypoint"].split()
+    assert entry[:2] == ["python", "pipeline/retrain.py"] and "--exit-zero" in entry
 
 
-@pytest.mark.parametrize("inv", [inv for inv in TRAIN_INVOCATIONS if inv.file.startswith("infra/k8s/")], ids=str)
+@pytest.mark.parametrize("inv", [inv for inv in TRAIN_INVOCATIONS + RETRAIN_INVOCATIONS
+                                 if inv.file.startswith("infra/k8s/")], ids=str)
 def test_gpu_training_fits_its_cluster(inv):
     """A job asking for more GPU workers than its cluster can ever hold waits forever."""
     config = config_of(inv)
     if inv.file == "infra/k8s/rayjob-train.yaml":
         cluster_spec = kube_object(inv.file, "RayJob")["spec"]["rayClusterSpec"]
+    elif inv.script == "pipeline/retrain.py":
+        cluster_spec = retrain_rayjob_specs()[inv.file]["rayClusterSpec"]
     else:
         cluster_spec = kube_object("infra/k8s/raycluster.yaml", "RayCluster")["spec"]
     if config.ray.use_gpu:
@@ -232,8 +270,9 @@ def test_gpu_training_fits_its_cluster(inv):
 
 # ----------------------------------------------------------------------------------- pipeline commands
 def test_train_commands_are_found_in_every_deployment():
-    assert {inv.file for inv in TRAIN_INVOCATIONS} >= {
-        "infra/k8s/rayjob-train.yaml", "infra/k8s/cronjob-retrain.yaml", "ray_cluster.yaml"}
+    assert {inv.file for inv in TRAIN_INVOCATIONS} >= {"infra/k8s/rayjob-train.yaml", "ray_cluster.yaml"}
+    assert {inv.file for inv in RETRAIN_INVOCATIONS} >= {"infra/k8s/cronjob-retrain.yaml",
+                                                         "infra/k8s/raycronjob-retrain.yaml"}
 
 
 @pytest.mark.parametrize("inv", INVOCATIONS, ids=str)
@@ -246,7 +285,7 @@ def test_pipeline_command_names_existing_script_and_config(inv):
         assert (REPO / config).is_file(), f"{inv}: no such config"
 
 
-@pytest.mark.parametrize("inv", TRAIN_INVOCATIONS, ids=str)
+@pytest.mark.parametrize("inv", TRAIN_INVOCATIONS + RETRAIN_INVOCATIONS, ids=str)
 def test_train_overrides_are_valid_config_keys(inv):
     config = config_of(inv)  # raises ConfigError for an unknown key or a wrongly typed value
     assert config.run.storage_path and config.run.storage_path.startswith("s3://")

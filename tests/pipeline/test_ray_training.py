@@ -53,7 +53,8 @@ def test_two_workers_s3_shards_s3_checkpoints_mlflow_server(local_stack, tmp_pat
     assert prep.returncode == 0, prep.stderr
     summary, _ = train(tmp_path, "run.name=s3run", "train.iterations=12", "train.checkpoint_every=4",
                        "run.keep_checkpoints=2", "eval.every=8", "eval.plot=true", f"data.uri=s3://{bucket}/data/toy",
-                       f"run.storage_path=s3://{bucket}/ckpt", f"tracking.uri={local_stack.mlflow_uri}", env=env)
+                       f"run.storage_path=s3://{bucket}/ckpt", f"tracking.uri={local_stack.mlflow_uri}",
+                       env={**env, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
     assert summary["step"] == 12 and summary["num_workers"] == 2
     assert summary["checkpoint"].startswith(f"s3://{bucket}/ckpt/s3run/checkpoint_")
 
@@ -77,18 +78,54 @@ def test_two_workers_s3_shards_s3_checkpoints_mlflow_server(local_stack, tmp_pat
     assert [m.step for m in client.get_metric_history(run.info.run_id, "energy_loss")] == [4, 8, 12]
     assert run.data.tags["dataset_version"] == summary["dataset_version"]
     assert run.data.tags["checkpoint_uri"] == summary["checkpoint"]
-    assert len(run.data.tags["git_commit"]) in (40, len("unknown"))
+    # MLflow's conventions: standard source tags set by the driver, the dataset as an input, system metrics
+    # from rank 0, a model-training experiment.
+    assert run.data.tags["mlflow.source.name"] == "pipeline/train.py" and run.data.tags["mlflow.source.type"] == "JOB"
+    assert len(run.data.tags["mlflow.source.git.commit"]) in (40, len("unknown"))
+    assert run.data.tags["cdrl.run_kind"] == "train" and run.info.run_name == "s3run"
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == summary["dataset_version"][:36]
+    assert dataset_input.dataset.source_type == "s3" and f"s3://{bucket}/data/toy" in dataset_input.dataset.source
+    assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "training")}
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics), sorted(run.data.metrics)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     images = [f.path for f in client.list_artifacts(run.info.run_id, "images/step_00000008")]
     assert {Path(p).name for p in images} == {"energy_landscape_step_00000008.png", "samples_step_00000008.png"}
     assert any(k.startswith("mlartifacts/") for k in
                (o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="mlartifacts/")["Contents"]))
 
+    # The finished run registered one model version from the driver; it round-trips through the server's
+    # proxied artifacts (S3), and sample.py / evaluate.py take it as models:/NAME@champion.
+    import mlflow
+    import pandas as pd
+
+    registered = summary["registered_model"]
+    assert registered["name"] == "cdrl-8squares" and registered["version"] == "1"
+    version = client.get_model_version("cdrl-8squares", "1")
+    assert version.run_id == run.info.run_id and version.tags["dataset_version"] == summary["dataset_version"]
+    assert version.tags["checkpoint_uri"] == summary["checkpoint"]
+    client.set_registered_model_alias("cdrl-8squares", "champion", "1")
+    mlflow.set_tracking_uri(local_stack.mlflow_uri)
+    model = mlflow.pyfunc.load_model("models:/cdrl-8squares@champion")
+    assert model.predict(pd.DataFrame({"num_samples": [5], "steps_per_level": [1]})).shape == (5, 2)
+
+    user_env = {**os.environ, **env, "MLFLOW_TRACKING_URI": local_stack.mlflow_uri}
     out = tmp_path / "s.npy"
-    proc = subprocess.run([sys.executable, "pipeline/sample.py", "--checkpoint", summary["checkpoint"], "--num-samples",
-                           "16", "--out", str(out), "--steps-per-level", "1"],
-                          cwd=REPO, capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
+    proc = subprocess.run([sys.executable, "pipeline/sample.py", "--model", "models:/cdrl-8squares@champion",
+                           "--num-samples", "16", "--out", str(out), "--steps-per-level", "1"],
+                          cwd=REPO, capture_output=True, text=True, env=user_env, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert out.exists()
+    assert np.load(out).shape == (16, 2)
+    report_path = tmp_path / "champion.json"
+    proc = subprocess.run([sys.executable, "pipeline/evaluate.py", "--model", "models:/cdrl-8squares@champion",
+                           "--num-samples", "200", "--workers", "0", "--json", str(report_path),
+                           "--out-dir", str(tmp_path / "eval")],
+                          cwd=REPO, capture_output=True, text=True, env=user_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(report_path.read_text())
+    assert report["dataset_version"] == summary["dataset_version"] and report["step"] == 12
+    assert report["primary_metric"]["name"] == "eval/in_support"
 
 
 def test_resume_and_crash_recovery_equal_a_straight_run(tmp_path):
