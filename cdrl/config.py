@@ -38,9 +38,12 @@ class DataConfig:
 
 @dataclass
 class ScheduleConfig:
+    """§1 and §14. ``family``: "cosine" (the paper's), "linear" (in logSNR) or "drl" (ignores the logSNR range)."""
+
     num_levels: int = 6
     logsnr_min: float = -5.1
     logsnr_max: float = 9.8
+    family: Literal["cosine", "linear", "drl"] = "cosine"
 
 
 @dataclass
@@ -220,6 +223,14 @@ class RetrainConfig:
 
 
 @dataclass
+class TuneConfig:
+    """Ray Tune trials (tune/search.py): each trial evaluates every ``eval_every_s`` seconds of training
+    (at the first step past each multiple), so trials are compared at the same training times."""
+
+    eval_every_s: float = 0.0  # 0: no time-based evaluation
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -233,6 +244,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
     # ---- training methods (cdrl/objectives/): the method and its own settings
     method: Method = "cdrl"
     mcmc: MCMCConfig = field(default_factory=MCMCConfig)
@@ -380,6 +392,7 @@ def validate(config: Config) -> None:
         ("langevin.c0", lv.c0, lv.c0 > 0, "> 0"),
         ("langevin.step_multiplier", lv.step_multiplier, lv.step_multiplier > 0, "> 0"),
         ("schedule.num_levels", sc.num_levels, sc.num_levels >= 1, ">= 1"),
+        ("schedule.num_levels", sc.num_levels, sc.family != "drl" or 2 <= sc.num_levels <= 501, "in [2, 501] for family drl"),
         ("schedule.logsnr_max", sc.logsnr_max, sc.logsnr_max > sc.logsnr_min, "> schedule.logsnr_min"),
         ("data.num_points", config.data.num_points, config.data.num_points >= 1, ">= 1"),
         ("eval.num_samples", config.eval.num_samples, config.eval.num_samples >= 2, ">= 2"),
@@ -388,6 +401,7 @@ def validate(config: Config) -> None:
         ("ray.num_workers", config.ray.num_workers, config.ray.num_workers >= 1, ">= 1"),
         ("ray.cpus_per_worker", config.ray.cpus_per_worker, config.ray.cpus_per_worker > 0, "> 0"),
         ("ray.max_failures", config.ray.max_failures, config.ray.max_failures >= -1, ">= -1 (-1: unlimited)"),
+        ("tune.eval_every_s", config.tune.eval_every_s, config.tune.eval_every_s >= 0, ">= 0"),
         ("run.keep_checkpoints", config.run.keep_checkpoints, config.run.keep_checkpoints >= 1, ">= 1"),
         ("run.name", config.run.name, bool(config.run.name) and "/" not in config.run.name, "non-empty, no '/'"),
         ("registry.model_name", config.registry.model_name,

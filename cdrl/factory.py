@@ -26,8 +26,13 @@ def network_names(config: Config) -> tuple[str, ...]:
     return ("energy_net", *second)
 
 
+def build_schedule(config: Config) -> NoiseSchedule:
+    sc = config.schedule
+    return NoiseSchedule(sc.num_levels, sc.logsnr_min, sc.logsnr_max, sc.family)
+
+
 def build_levels(config: Config, device: torch.device | str = "cpu") -> LevelTable:
-    schedule = NoiseSchedule(config.schedule.num_levels, config.schedule.logsnr_min, config.schedule.logsnr_max)
+    schedule = build_schedule(config)
     lv = config.langevin
     return schedule.table(lv.step_rule, lv.c0, lv.step_multiplier, device=device)
 

@@ -1,7 +1,9 @@
 """The noise schedule: every per-level constant of CDRL in one place.
 
 Spec: cdrl-algorithm.md §1 (truncated cosine logSNR), §2 (pairs, loss weights), §3 (Langevin step
-sizes), §4 (initializer noise), §10 (reference values). Level 0 is the cleanest level (logSNR = max),
+sizes), §4 (initializer noise), §10 (reference values), §14 (DRL's schedule). Three families of levels
+share every derived constant: "cosine" (the paper's, the default), "linear" (linear in logSNR) and "drl"
+(DRL's subsampled DDPM betas). Level 0 is the cleanest level (logSNR = max),
 level K the noisiest. Transition t in 1..K goes from level t to level t-1; arrays indexed by t keep a
 placeholder at index 0 so that ``schedule.sigma[t]`` reads like the paper.
 """
@@ -14,6 +16,10 @@ from typing import Literal
 import torch
 
 StepRule = Literal["toy", "image"]
+ScheduleFamily = Literal["cosine", "linear", "drl"]
+SCHEDULE_FAMILIES: tuple[str, ...] = ("cosine", "linear", "drl")
+DRL_DIFFUSION_STEPS = 1000  # §14: DDPM's 1000 linear betas from 1e-4 to 0.02
+DRL_BETA_START, DRL_BETA_END = 1e-4, 0.02
 
 
 def cosine_logsnr(u: torch.Tensor, logsnr_min: float, logsnr_max: float) -> torch.Tensor:
@@ -21,6 +27,40 @@ def cosine_logsnr(u: torch.Tensor, logsnr_min: float, logsnr_max: float) -> torc
     b = math.atan(math.exp(-0.5 * logsnr_max))
     a = math.atan(math.exp(-0.5 * logsnr_min)) - b
     return -2.0 * torch.log(torch.tan(a * u + b))
+
+
+def linear_logsnr(u: torch.Tensor, logsnr_min: float, logsnr_max: float) -> torch.Tensor:
+    """λ(u) = λ_max + (λ_min - λ_max)·u: levels equally spaced in logSNR."""
+    return logsnr_max + (logsnr_min - logsnr_max) * u
+
+
+def drl_logsnr(num_levels: int) -> torch.Tensor:
+    """DRL's levels (§14): DDPM's linear betas subsampled at [0, s, 2s, …, (K-1)s, 999], s = 1000 // (2(K-1)).
+
+    ā at level i is ∏_{j ≤ idx[i]} (1 - β_j); returned as λ_i = log(ā_i / (1 - ā_i)). The last level jumps to
+    (almost) pure noise. Needs K >= 2; the logSNR range is fixed by the betas.
+    """
+    if num_levels < 2:
+        raise ValueError(f"schedule.num_levels must be >= 2 for family 'drl', got {num_levels}")
+    betas = torch.linspace(DRL_BETA_START, DRL_BETA_END, DRL_DIFFUSION_STEPS, dtype=torch.float64)
+    stride = DRL_DIFFUSION_STEPS // (2 * (num_levels - 1))
+    if stride < 1:
+        raise ValueError(f"schedule.num_levels={num_levels} is too many for family 'drl' (at most {DRL_DIFFUSION_STEPS // 2 + 1})")
+    index = torch.tensor([i * stride for i in range(num_levels)] + [DRL_DIFFUSION_STEPS - 1])
+    alpha_bar = torch.cumprod(1.0 - betas, dim=0)[index]
+    return torch.log(alpha_bar) - torch.log1p(-alpha_bar)
+
+
+def family_logsnr(family: str, num_levels: int, logsnr_min: float, logsnr_max: float) -> torch.Tensor:
+    """λ_i for i = 0..K of a schedule family (float64)."""
+    u = torch.arange(num_levels + 1, dtype=torch.float64) / num_levels
+    if family == "cosine":
+        return cosine_logsnr(u, logsnr_min, logsnr_max)
+    if family == "linear":
+        return linear_logsnr(u, logsnr_min, logsnr_max)
+    if family == "drl":
+        return drl_logsnr(num_levels)
+    raise ValueError(f"schedule.family must be one of {', '.join(SCHEDULE_FAMILIES)}, got {family!r}")
 
 
 def logsnr_to_time_input(logsnr: torch.Tensor) -> torch.Tensor:
@@ -53,22 +93,24 @@ class LevelTable:
 
 
 class NoiseSchedule:
-    """Truncated cosine logSNR schedule with ``num_levels`` = K levels above the data (§1, §10).
+    """``num_levels`` = K levels above the data (§1, §10) of a schedule ``family``: "cosine" (the paper's
+    truncated cosine logSNR), "linear" (linear in logSNR over the same range) or "drl" (§14; ignores the range).
 
     All tensors are float64 on the CPU; ``to(device, dtype)`` gives a copy for the hot path.
     """
 
-    def __init__(self, num_levels: int = 6, logsnr_min: float = -5.1, logsnr_max: float = 9.8):
+    def __init__(self, num_levels: int = 6, logsnr_min: float = -5.1, logsnr_max: float = 9.8,
+                 family: ScheduleFamily = "cosine"):
         if num_levels < 1:
             raise ValueError(f"schedule.num_levels must be >= 1, got {num_levels}")
         if not logsnr_min < logsnr_max:
             raise ValueError(f"schedule.logsnr_min ({logsnr_min}) must be < schedule.logsnr_max ({logsnr_max})")
         self.num_levels = num_levels
-        self.logsnr_min = float(logsnr_min)
-        self.logsnr_max = float(logsnr_max)
+        self.family = family
         K = num_levels
-        u = torch.arange(K + 1, dtype=torch.float64) / K
-        self.logsnr = cosine_logsnr(u, logsnr_min, logsnr_max)  # λ_i, i = 0..K
+        self.logsnr = family_logsnr(family, K, logsnr_min, logsnr_max)  # λ_i, i = 0..K
+        self.logsnr_min = float(self.logsnr[K])
+        self.logsnr_max = float(self.logsnr[0])
         self.alpha_bar = torch.sigmoid(self.logsnr)  # ā_i
         self.sigma_bar = torch.sigmoid(-self.logsnr).sqrt()  # σ̄_i
         self.time_input = logsnr_to_time_input(self.logsnr)  # u_emb(λ_i), before ×1000
@@ -125,4 +167,5 @@ class NoiseSchedule:
         )
 
     def __repr__(self) -> str:
-        return f"NoiseSchedule(num_levels={self.num_levels}, logsnr_min={self.logsnr_min}, logsnr_max={self.logsnr_max})"
+        return (f"NoiseSchedule(num_levels={self.num_levels}, logsnr_min={self.logsnr_min:g}, "
+                f"logsnr_max={self.logsnr_max:g}, family={self.family!r})")

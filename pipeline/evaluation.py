@@ -31,12 +31,12 @@ from tqdm import tqdm
 
 from cdrl.config import Config
 from cdrl.data import TOY_DISTRIBUTIONS, sample_toy
-from cdrl.factory import build_sampler, sampler_steps
+from cdrl.factory import build_sampler, build_schedule, sampler_steps
 from cdrl.metrics.features import FeatureExtractor, build_extractor, default_extractor
 from cdrl.metrics.frechet import feature_statistics, frechet_distance
 from cdrl.metrics.toy import toy_report
 from cdrl.plots import energy_landscape_png, image_grid_png, scatter_png
-from cdrl.schedule import LevelTable, NoiseSchedule
+from cdrl.schedule import LevelTable
 
 HELD_OUT_SEED_OFFSET = 1_000_003  # true reference points never seen in training
 GRID_IMAGES = 64
@@ -275,9 +275,8 @@ class Evaluator:
         if self.data_shape == (2,):
             artifacts["scatter"] = scatter_png(kept, out_dir / f"samples_{tag}.png", title=f"{self.config.run.name} {tag}")
             if self.config.eval.plot and per_level:
-                s = self.config.schedule
                 artifacts["energy_landscape"] = energy_landscape_png(
-                    energy_net, NoiseSchedule(s.num_levels, s.logsnr_min, s.logsnr_max), levels.step_size.detach().cpu(),
+                    energy_net, build_schedule(self.config), levels.step_size.detach().cpu(),
                     out_dir / f"energy_landscape_{tag}.png", samples_per_level=[v.numpy() for v in per_level[::-1]],
                 )
         elif len(self.data_shape) == 3:

@@ -46,7 +46,7 @@ class WorkerContext:
 class LoopHooks:
     log: Callable[[int, dict[str, float]], None] = lambda step, metrics: None
     checkpoint: Callable[[int, dict, bool], None] = lambda step, checkpoint, final: None
-    # every eval.every steps and at the end, on every rank
+    # every eval.every steps (and tune.eval_every_s training seconds) and at the end, on every rank
     evaluate: Callable[[int, Trainer, bool], None] = lambda step, trainer, final: None
     after_step: Callable[[int], None] = lambda step: None
 
@@ -129,7 +129,9 @@ def run_training(
         raise ValueError(f"per-worker batch {batch} exceeds the worker's {len(data.x)} examples")
     t = config.train
     sampler = torch.Generator(device="cpu")
-    start, elapsed = trainer.step_count, 0.0
+    start, elapsed = trainer.step_count, float(resume.get("extra", {}).get("train_seconds", 0.0)) if resume else 0.0
+    every_s = config.tune.eval_every_s  # > 0: also evaluate (hooks.evaluate) at fixed training times, for Tune
+    next_eval_s = (elapsed // every_s + 1) * every_s if every_s > 0 else float("inf")
     progress = tqdm(total=t.iterations, initial=start, desc=f"train {config.run.name}", disable=ctx.rank != 0,
                     mininterval=2.0, unit="it")
     window_start, window_steps = time.perf_counter(), 0
@@ -152,16 +154,21 @@ def run_training(
         window_steps += 1
         done = trainer.step_count
         hooks.after_step(done)
-        if done % t.log_every == 0 or done == t.iterations:
+        timed_eval = every_s > 0 and ctx.any_rank_flag(elapsed >= next_eval_s)  # the same step on every rank
+        if done % t.log_every == 0 or done == t.iterations or timed_eval:  # a timed evaluation logs too
             now = time.perf_counter()
             floats = metrics_to_floats(metrics)
             floats["samples_per_s"] = window_steps * t.batch_size / max(now - window_start, 1e-9)
+            floats["train_seconds"] = elapsed
             progress.set_postfix({k.removeprefix("loss/"): f"{v:.3g}" for k, v in floats.items() if k.startswith("loss/")})
             hooks.log(done, floats)
             window_start, window_steps = time.perf_counter(), 0
             if t.time_budget_s > 0 and ctx.any_rank_flag(elapsed >= t.time_budget_s) and done < t.iterations:
                 progress.write(f"time budget of {t.time_budget_s:.0f}s reached at step {done}")
                 break
+            if timed_eval and done < t.iterations:
+                hooks.evaluate(done, trainer, False)
+                next_eval_s = (elapsed // every_s + 1) * every_s
         if config.eval.every and done % config.eval.every == 0 and done < t.iterations:
             hooks.evaluate(done, trainer, False)
         if t.checkpoint_every and done % t.checkpoint_every == 0 and done < t.iterations:

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     from pipeline.datasets.errors import DatasetError, StorageError
-    from pipeline.registry import RegistryError
+    from pipeline.model_ref import ModelRefError  # registry.RegistryError is one
     from pipeline.tracking import TrackingError
 
-    run_main(main, (ConfigError, DatasetError, StorageError, TrackingError, RegistryError))
+    run_main(main, (ConfigError, DatasetError, StorageError, TrackingError, ModelRefError))

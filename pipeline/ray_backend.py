@@ -71,9 +71,12 @@ def quiet_ray_data() -> None:
     DataContext.get_current().enable_progress_bars = False
 
 
-def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: dict | None = None) -> dict[str, Any]:
+def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: dict | None = None,
+                 run_callbacks: list | None = None, tracking_tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Train on Ray Train (resuming this run if its storage has checkpoints, else from ``warm_start`` weights);
-    with tracking on, a finished run registers one model version (``pipeline.registry``) from this driver."""
+    with tracking on, a finished run registers one model version (``pipeline.registry``) from this driver.
+    ``run_callbacks`` go to Ray Train's RunConfig (Tune trials pass their reporter), ``tracking_tags`` to the
+    MLflow run (a trial's parent run and trial id)."""
     import ray
     from ray.data import ExecutionOptions
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -85,7 +88,7 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: 
     prepare_reference_stats(config, data_uri, manifest)  # once, here, rather than on a worker mid-run
     tracking = None
     if config.tracking.enabled:
-        tracking = start_run(config, {"dataset_version": manifest.version, "data_uri": data_uri},
+        tracking = start_run(config, {"dataset_version": manifest.version, "data_uri": data_uri, **(tracking_tags or {})},
                              dataset=(data_uri, manifest))
     connect_ray()
     quiet_ray_data()
@@ -104,6 +107,7 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: 
             storage_path=storage_root(config),
             checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
+            callbacks=run_callbacks,
         ),
         datasets={"train": ray_dataset(data_uri, manifest)},
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ExecutionOptions(preserve_order=True)),
@@ -249,6 +253,15 @@ def worker_main(loop_config: dict[str, Any]) -> None:
                           rank=rank, world_size=world_size, device=device,
                           gather=lambda tensor: all_gather_rows(tensor, device))
 
+    periodic_eval: dict[str, float] = {}
+
+    def evaluate_and_report(step: int, trainer, final: bool) -> None:
+        """A periodic evaluation is reported by every rank (ray.train.report is collective), rank 0's metrics."""
+        evaluate_now(step, trainer, final)
+        if not final:
+            ray.train.report({"step": step, **last_metrics, **periodic_eval})
+            periodic_eval.clear()
+
     def evaluate_now(step: int, trainer, final: bool) -> None:
         """Every rank samples its share with the EMA nets; rank 0 scores, logs metrics and images."""
         metrics, artifacts = evaluate_trainer(evaluator, trainer, run_dir, step, final)
@@ -259,6 +272,8 @@ def worker_main(loop_config: dict[str, Any]) -> None:
             for path in artifacts.values():
                 if Path(path).suffix == ".png":
                     logger.log_artifact(path, f"images/step_{step:08d}")
+        if not final:  # periodic evaluations also reach Ray Train's results (and so Ray Tune)
+            periodic_eval.update(metrics)
         if final:
             final_eval.update(metrics)
             final_eval.update({f"artifact/{k}": str(v) for k, v in artifacts.items()})
@@ -278,7 +293,7 @@ def worker_main(loop_config: dict[str, Any]) -> None:
             marker.touch()
             os._exit(1)  # a lost worker: Ray Train restarts the group from the last checkpoint
 
-    hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_now, after_step=crash_once)
+    hooks = LoopHooks(log=log, checkpoint=checkpoint, evaluate=evaluate_and_report, after_step=crash_once)
     warm_start = ray.get(loop_config["warm_start"]) if loop_config["warm_start"] is not None else None
     try:
         run_training(config, data, ctx, hooks, resume=_resume_state(), warm_start=warm_start)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cdrl.config import Config
 from pipeline.model_ref import ModelRefError
@@ -76,7 +77,7 @@ class CdrlSampler(_pyfunc_base()):
         self.config, self.nets, self.data_shape = nets_from_checkpoint(
             read_checkpoint(context.artifacts["checkpoint"]), self.device)
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         from pipeline.sample import draw_samples
 
         rows = model_input.to_dict(orient="records")

@@ -108,11 +108,10 @@ def train(config: Config, backend: str, data_uri: str, manifest, warm_start: dic
 def user_errors() -> tuple[type[BaseException], ...]:
     """Bad input (exit 2, one line), as opposed to a retrain that failed (exit 1)."""
     from pipeline.datasets.errors import DatasetError, StorageError
-    from pipeline.model_ref import ModelRefError
-    from pipeline.registry import RegistryError
+    from pipeline.model_ref import ModelRefError  # registry.RegistryError is one
     from pipeline.tracking import TrackingError
 
-    return ConfigError, DatasetError, StorageError, TrackingError, ModelRefError, RegistryError
+    return ConfigError, DatasetError, StorageError, TrackingError, ModelRefError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,6 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from pipeline.datasets.errors import StorageError
 
-    from pipeline.registry import RegistryError
-
-    run_main(main, (ConfigError, FileNotFoundError, ValueError, StorageError, ModelRefError, RegistryError))
+    run_main(main, (ConfigError, FileNotFoundError, ValueError, StorageError, ModelRefError))  # RegistryError is one

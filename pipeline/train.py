@@ -140,8 +140,7 @@ if __name__ == "__main__":
     from pipeline.datasets.errors import DatasetError, StorageError
     from pipeline.tracking import TrackingError
 
-    from pipeline.model_ref import ModelRefError
-    from pipeline.registry import RegistryError
+    from pipeline.model_ref import ModelRefError  # registry.RegistryError is one
 
     run_main(main, (ConfigError, DatasetError, StorageError, TrackingError, FileNotFoundError, FloatingPointError,
-                    ModelRefError, RegistryError))
+                    ModelRefError))
