@@ -118,6 +118,7 @@ class GenerationConfig:
     tweedie: Literal["none", "faithful", "consistent"] = "faithful"
     guidance_weight: float = 0.0
     batch_size: int = 2500
+    final_step_noise: bool = True  # False: the last Langevin step of each chain is noise-free (a gradient step)
 
 
 @dataclass
@@ -155,6 +156,54 @@ class TrackingConfig:
     uri: str | None = None
     experiment: str = "cdrl"
     enabled: bool = True
+
+
+Method = Literal["cdrl", "drl", "mcmc", "learned_sampler", "exact_sm", "sliced_sm", "dsm", "multiscale_dsm"]
+
+
+@dataclass
+class MCMCConfig:
+    """Maximum likelihood with SGLD negatives (method: mcmc). Chains run on the energy net at the cleanest level.
+
+    x ← x + step_size·∇F(x) + noise_std·ξ (Du & Mordatch 2019 decouple the two); with ``mala`` the step is the
+    Metropolis-adjusted Langevin proposal x + step_size·∇F + sqrt(2·step_size)·ξ with an accept/reject test.
+    """
+
+    persistent: bool = True  # True: chains start from a replay buffer; False: short-run chains from noise
+    buffer_size: int = 10_000  # per worker
+    reinit_prob: float = 0.05  # chance that a buffer chain restarts from noise
+    num_steps: int = 20  # SGLD steps per training iteration
+    step_size: float = 0.1
+    noise_std: float = 0.01
+    mala: bool = False
+    energy_reg: float = 0.1  # α·(F(x⁺)² + F(x⁻)²) keeps the energies near 0 (Du & Mordatch 2019)
+    init_range: float = 1.0  # chains from noise start uniform in [-init_range, init_range]^d
+    sample_steps: int = 100  # SGLD steps from noise when sampling for evaluation
+
+
+@dataclass
+class LearnedSamplerConfig:
+    """A generator x = g(z) + σ·ε trained against the EBM with an entropy term (method: learned_sampler)."""
+
+    latent_dim: int = 16
+    hidden: int = 128
+    output_std: float = 0.1  # σ, fixed
+    entropy_weight: float = 1.0
+    energy_reg: float = 0.1
+
+
+@dataclass
+class ScoreMatchingConfig:
+    """Score matching of ∇ₓF (methods: exact_sm, sliced_sm, dsm, multiscale_dsm) and Langevin sampling."""
+
+    noise_std: float = 0.1  # dsm: σ of the perturbation
+    num_projections: int = 1  # sliced_sm: Rademacher vectors per example
+    sigma_max: float = 10.0  # multiscale_dsm: geometric noise levels σ_max … σ_min
+    sigma_min: float = 0.01
+    num_scales: int = 10
+    sample_step_size: float = 1e-3  # Langevin step ε (annealed: ε·σ_i²/σ_min²) for sampling
+    sample_steps: int = 100  # single-scale methods: Langevin steps from noise when sampling
+    init_range: float = 1.0  # single-scale sampling starts uniform in [-init_range, init_range]^d
 
 
 @dataclass
@@ -246,6 +295,11 @@ class Config:
     perf: PerfConfig = field(default_factory=PerfConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    # ---- training methods (cdrl/objectives/): the method and its own settings
+    method: Method = "cdrl"
+    mcmc: MCMCConfig = field(default_factory=MCMCConfig)
+    learned_sampler: LearnedSamplerConfig = field(default_factory=LearnedSamplerConfig)
+    score_matching: ScoreMatchingConfig = field(default_factory=ScoreMatchingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -408,7 +462,7 @@ def validate(config: Config) -> None:
         ("retrain.iterations", config.retrain.iterations, config.retrain.iterations >= 0, ">= 0"),
         ("retrain.eval_num_samples", config.retrain.eval_num_samples, config.retrain.eval_num_samples >= 0, ">= 0"),
     ]
-    for key, value, ok, rule in rules + input_rules(config):
+    for key, value, ok, rule in rules + input_rules(config) + method_rules(config):
         if not ok:
             raise ConfigError(f"{key}: {value!r} is invalid (must be {rule})")
 
@@ -479,3 +533,30 @@ def input_rules(config: Config) -> list[tuple[str, Any, bool, str]]:
             raise ConfigError(f"{key}: credentials or query strings in URIs are refused; pass them in the "
                               "environment (AWS_*, MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN) or the cloud's identity")
     return rules
+
+
+def method_rules(config: Config) -> list[tuple[str, Any, bool, str]]:
+    """Range checks of the ``method`` key and the per-method sections."""
+    m, ls, sm = config.mcmc, config.learned_sampler, config.score_matching
+    conditional = config.model.num_classes == 0 or config.method in ("cdrl", "drl")
+    return [
+        ("method", config.method, conditional, "cdrl or drl when model.num_classes > 0"),
+        ("mcmc.buffer_size", m.buffer_size, m.buffer_size >= 1, ">= 1"),
+        ("mcmc.reinit_prob", m.reinit_prob, 0 <= m.reinit_prob <= 1, "in [0, 1]"),
+        ("mcmc.num_steps", m.num_steps, m.num_steps >= 1, ">= 1"),
+        ("mcmc.step_size", m.step_size, m.step_size > 0, "> 0"),
+        ("mcmc.noise_std", m.noise_std, m.noise_std >= 0, ">= 0"),
+        ("mcmc.init_range", m.init_range, m.init_range > 0, "> 0"),
+        ("mcmc.sample_steps", m.sample_steps, m.sample_steps >= 1, ">= 1"),
+        ("learned_sampler.latent_dim", ls.latent_dim, ls.latent_dim >= 1, ">= 1"),
+        ("learned_sampler.hidden", ls.hidden, ls.hidden >= 1, ">= 1"),
+        ("learned_sampler.output_std", ls.output_std, ls.output_std > 0, "> 0"),
+        ("learned_sampler.entropy_weight", ls.entropy_weight, ls.entropy_weight >= 0, ">= 0"),
+        ("score_matching.noise_std", sm.noise_std, sm.noise_std > 0, "> 0"),
+        ("score_matching.num_projections", sm.num_projections, sm.num_projections >= 1, ">= 1"),
+        ("score_matching.sigma_min", sm.sigma_min, 0 < sm.sigma_min < sm.sigma_max, "in (0, score_matching.sigma_max)"),
+        ("score_matching.num_scales", sm.num_scales, sm.num_scales >= 1, ">= 1"),
+        ("score_matching.sample_step_size", sm.sample_step_size, sm.sample_step_size > 0, "> 0"),
+        ("score_matching.sample_steps", sm.sample_steps, sm.sample_steps >= 1, ">= 1"),
+        ("score_matching.init_range", sm.init_range, sm.init_range > 0, "> 0"),
+    ]

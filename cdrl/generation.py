@@ -90,6 +90,7 @@ def generate(
     inpaint: "Inpainting | None" = None,
     device: torch.device | str = "cpu",
     perf: PerfSettings | None = None,
+    final_step_noise: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """Samples x_0 of shape (num_samples, *data_shape); with ``return_levels`` also [x_{K-1}, …, x_0].
 
@@ -126,10 +127,13 @@ def _generate(energy_net: nn.Module, initializer: nn.Module, levels: LevelTable,
             num_steps=steps_per_level,
             step_multiplier=levels.step_multiplier,
             project=project,
+            final_step_noise=final_step_noise,
         )
         x = y / (scale + 1e-8)
         per_level.append(x)
     x = tweedie_denoise(energy_net, x, levels, cond, tweedie)
+    if inpaint is not None:
+        x = inpaint.restore(x)
     if return_levels:
         per_level[-1] = x
         return x, per_level
@@ -142,7 +146,8 @@ class Inpainting:
 
     After every Langevin step at transition t the known entries of y are overwritten with the
     forward-noised observation at level t−1, in y-space: sqrt(m_t)·(sqrt(ā_{t-1})·x_obs + σ̄_{t-1}·ε).
-    One ε per level keeps the observation consistent across the chain.
+    One ε per level keeps the observation consistent across the chain; the final x_0 carries the observed
+    entries exactly (``restore``).
     """
 
     observed: torch.Tensor
@@ -153,6 +158,10 @@ class Inpainting:
         known = scale * noisy
         mask = self.mask.to(known.dtype)
         return lambda y, _k: mask * known + (1 - mask) * y
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """Level 0: the observed entries exactly as observed (no noise, no Tweedie, no y-space rounding)."""
+        return torch.where(self.mask.bool(), self.observed.to(x.dtype), x)
 
 
 def energy_score(energy_net: nn.Module, x: torch.Tensor, levels: LevelTable, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -177,6 +186,7 @@ def generate_in_batches(
     tweedie: TweedieMode = "none",
     device: torch.device | str = "cpu",
     perf: PerfSettings | None = None,
+    final_step_noise: bool = True,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``generate`` over batches of at most ``batch_size``; returns (x_0, [x_{K-1}, …, x_0]) on the CPU."""
     finals, levels_out = [], []
@@ -184,7 +194,8 @@ def generate_in_batches(
         n = min(batch_size, num_samples - start)
         part_cond = cond.select(slice(start, start + n)) if cond is not None else None
         x, per_level = generate(energy_net, initializer, levels, n, data_shape, steps_per_level, part_cond,
-                                tweedie, return_levels=True, device=device, perf=perf)
+                                tweedie, return_levels=True, device=device, perf=perf,
+                                final_step_noise=final_step_noise)
         finals.append(x.cpu())
         levels_out.append([v.cpu() for v in per_level])
     return torch.cat(finals), [torch.cat(parts) for parts in zip(*levels_out)]

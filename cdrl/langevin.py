@@ -38,6 +38,7 @@ def langevin_refine(
     num_steps: int,
     step_multiplier: float = 1.0,
     project: Projection | None = None,
+    final_step_noise: bool = True,
 ) -> torch.Tensor:
     """Run ``num_steps`` Langevin steps on ``y`` (detached) and return the last iterate (detached).
 
@@ -45,6 +46,7 @@ def langevin_refine(
     done by the caller, once per chain. ``project(y, k)``, if given, is applied after every step
     (used by inpainting to overwrite known pixels). Spectral-norm weights are computed once per chain.
     y, the recovery term and the update stay float32 under autocast (only F's matmuls run in bf16).
+    ``final_step_noise=False`` makes the last step a pure gradient step (a sampling option, not §3).
     """
     s = _per_example(step_size, y)
     c = _per_example(quadratic_coeff, y)
@@ -56,7 +58,8 @@ def langevin_refine(
             recovery = (c * (y - anchor).pow(2)).flatten(1).sum(1)
             total = (energy(y).float() - recovery).sum()  # float32 even when F ran under bf16 autocast
             (grad,) = torch.autograd.grad(total, y)
-            y = (y + drift * grad + s * standard_normal_like(y)).detach()
+            noise = s * standard_normal_like(y) if final_step_noise or k < num_steps - 1 else 0.0
+            y = (y + drift * grad + noise).detach()
             if project is not None:
                 y = project(y, k)
     return y

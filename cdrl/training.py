@@ -86,6 +86,7 @@ class Trainer:
                 f"{k}={v.item():.4g}" for k, v in out.losses.items()))
         total.backward()
         metrics = dict(out.metrics)
+        metrics.update({f"loss/{name}": loss.detach() for name, loss in out.losses.items()})
         for name, optimizer in self.optimizers.items():
             metrics[f"grad_norm/{name}"] = torch.nn.utils.clip_grad_norm_(self.nets[name].parameters(), self.grad_clip)
             metrics[f"lr/{name}"] = torch.tensor(optimizer.param_groups[0]["lr"])
@@ -136,6 +137,7 @@ class Trainer:
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.items()},
             "schedules": {k: v.state_dict() for k, v in self.schedules.items()},
             "emas": {k: v.state_dict() for k, v in self.emas.items()},
+            **({"objective": self.objective.state_dict()} if hasattr(self.objective, "state_dict") else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -146,3 +148,5 @@ class Trainer:
             self.optimizers[name].load_state_dict(state["optimizers"][name])
             self.schedules[name].load_state_dict(state["schedules"][name])
             self.emas[name].load_state_dict(state["emas"][name])
+        if "objective" in state and hasattr(self.objective, "load_state_dict"):
+            self.objective.load_state_dict(state["objective"])

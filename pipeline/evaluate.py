@@ -90,11 +90,13 @@ def dataset_of(config: Config, data_uri: str | None):
 
 def evaluate_model(ref: str, num_samples: int | None = None, seed: int | None = None, *, tracking_uri: str | None = None,
                    workers: int | None = None, device: str | None = None, data_uri: str | None = None,
-                   out_dir: str | Path | None = None) -> dict:
+                   out_dir: str | Path | None = None, ood: bool = False) -> dict:
     """Evaluate the model ``ref`` names (see pipeline/model_ref.py) and return the JSON-able report.
 
     ``num_samples`` / ``seed`` default to the checkpoint's ``eval.num_samples`` / ``eval.seed``; ``workers``
     None uses a running Ray cluster if there is one; ``out_dir`` receives the sample grid or scatter plot.
+    ``ood`` (8×8 digits models): adds ``ood/auroc_{clean,summed}/SET``, held-out digits vs each OOD set
+    of cdrl.metrics.ood.
     """
     from cdrl.factory import build_levels, nets_from_checkpoint
     from pipeline.checkpoint_io import read_checkpoint
@@ -121,8 +123,10 @@ def evaluate_model(ref: str, num_samples: int | None = None, seed: int | None = 
         evaluator.world_size = world
         shares = gather_shares_on_ray(checkpoint, world, protocol.num_samples, protocol.seed, device)
     else:
-        shares = [evaluator.share(nets["energy_net"], nets["initializer"], levels)]
+        shares = [evaluator.share(nets, levels)]
     metrics, artifacts = evaluator.finish(shares, nets["energy_net"], levels, out_dir, "evaluate", sampling_start)
+    if ood:
+        metrics.update(ood_metrics(nets["energy_net"], levels, data_shape, device))
     return {
         "model": ref,
         "checkpoint": resolved,
@@ -140,6 +144,17 @@ def evaluate_model(ref: str, num_samples: int | None = None, seed: int | None = 
         "artifacts": {k: str(v) for k, v in artifacts.items()},
         "seconds": time.perf_counter() - start,
     }
+
+
+def ood_metrics(energy_net, levels, data_shape: tuple[int, ...], device: str) -> dict[str, float]:
+    """AUROC of the digits classifier's held-out digits vs the named OOD sets (cdrl.metrics.ood)."""
+    from cdrl.metrics.digits_classifier import digits_split
+    from cdrl.metrics.ood import ood_report
+
+    if tuple(data_shape) != (1, 8, 8):
+        raise ConfigError(f"--ood needs a model of 8×8 digits, this one makes items of shape {list(data_shape)}")
+    held_out = torch.from_numpy(digits_split()["held_out_x"]).to(device)
+    return ood_report(energy_net, held_out, levels)
 
 
 def log_report(report: dict, log_to: str, tracking_uri: str | None, experiment: str) -> dict:
@@ -192,6 +207,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-uri", help="the dataset the model was trained on (default: the checkpoint's data.uri)")
     parser.add_argument("--out-dir", default="runs/evaluate", help="where the sample grid goes (default: %(default)s)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--ood", action="store_true",
+                        help="digits models: also AUROC of held-out digits vs uniform noise, inverted and rotated "
+                             "digits and 8×8 grayscale patches (ood/auroc_clean/SET, ood/auroc_summed/SET)")
     return parser.parse_args(argv)
 
 
@@ -202,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers is not None and args.workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {args.workers}")
     report = evaluate_model(args.model, args.num_samples, args.seed, tracking_uri=args.tracking_uri,
-                            workers=args.workers, device=args.device, data_uri=args.data_uri, out_dir=args.out_dir)
+                            workers=args.workers, device=args.device, data_uri=args.data_uri, out_dir=args.out_dir,
+                            ood=args.ood)
     if args.log_to:
         report["mlflow"] = log_report(report, args.log_to, args.tracking_uri, args.experiment)
     primary = report["primary_metric"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +31,7 @@ from tqdm import tqdm
 
 from cdrl.config import Config
 from cdrl.data import TOY_DISTRIBUTIONS, sample_toy
-from cdrl.factory import build_schedule
-from cdrl.generation import generate
+from cdrl.factory import build_sampler, build_schedule, sampler_steps
 from cdrl.metrics.features import FeatureExtractor, build_extractor, default_extractor
 from cdrl.metrics.frechet import feature_statistics, frechet_distance
 from cdrl.metrics.toy import toy_report
@@ -82,7 +81,7 @@ class EvalProtocol:
         n = num_samples if num_samples is not None else e.num_samples
         if n < 2:
             raise ValueError(f"the number of evaluation samples must be >= 2, got {n}")
-        return cls(n, e.seed if seed is None else seed, gen.batch_size, gen.steps_per_level or config.langevin.num_steps,
+        return cls(n, e.seed if seed is None else seed, gen.batch_size, sampler_steps(config),
                    gen.tweedie, extractor)
 
     @property
@@ -111,20 +110,21 @@ def check_extractor_available(config: Config, data_shape: tuple[int, ...]) -> No
         resolve_weights_path(config.eval.inception_weights)
 
 
-def generate_blocks(protocol: EvalProtocol, energy_net: nn.Module, initializer: nn.Module, levels: LevelTable,
+def generate_blocks(protocol: EvalProtocol, config: Config, nets: Mapping[str, nn.Module], levels: LevelTable,
                     data_shape: tuple[int, ...], blocks: list[tuple[int, int]], device: torch.device | str = "cpu",
                     progress: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Samples of the given blocks (CPU, block order) and their per-level states; the caller's RNG is untouched."""
+    """Samples of the given blocks (CPU, block order) from the method's sampler (cdrl.factory.build_sampler) and
+    their per-level states (none for single-level methods); the caller's RNG is untouched."""
+    sampler = build_sampler(config, levels)
     device = torch.device(device)
     finals, per_level = [], []
     forked = [device] if device.type == "cuda" else []
     for block, size in tqdm(blocks, desc="evaluation samples", unit="block", disable=not progress):
         with torch.random.fork_rng(devices=forked):
             torch.manual_seed(block_seed(protocol.seed, block))
-            x, levels_out = generate(energy_net, initializer, levels, size, data_shape, protocol.steps_per_level,
-                                     tweedie=protocol.tweedie, return_levels=True, device=device)
-        finals.append(x.cpu())
-        per_level.append([v.cpu() for v in levels_out])
+            drawn = sampler.sample(nets, size, data_shape, device, steps=protocol.steps_per_level)
+        finals.append(drawn.samples.cpu())
+        per_level.append([v.cpu() for v in drawn.per_level or []])
     if not finals:
         return torch.zeros(0, *data_shape), []
     return torch.cat(finals), [torch.cat(parts) for parts in zip(*per_level)]
@@ -214,26 +214,26 @@ class Evaluator:
             self._reference = self._reference_loader(self.extractor)
         return self._reference
 
-    def share(self, energy_net: nn.Module, initializer: nn.Module, levels: LevelTable) -> Share:
+    def share(self, nets: Mapping[str, nn.Module], levels: LevelTable) -> Share:
         """This worker's blocks: samples, per-level states and the payload for rank 0."""
         blocks = self.protocol.block_sizes(self.rank, self.world_size)
-        samples, per_level = generate_blocks(self.protocol, energy_net, initializer, levels, self.data_shape, blocks,
+        samples, per_level = generate_blocks(self.protocol, self.config, nets, levels, self.data_shape, blocks,
                                              self.device, self.progress)
         nan_rows = float(torch.isnan(samples.reshape(len(samples), -1)).any(dim=1).sum()) if len(samples) else 0.0
         return Share(share_payload(self.protocol, samples, self.extractor), nan_rows, samples, per_level)
 
-    def run(self, energy_net: nn.Module, initializer: nn.Module, levels: LevelTable, out_dir: str | Path | None,
+    def run(self, nets: Mapping[str, nn.Module], levels: LevelTable, out_dir: str | Path | None,
             tag: str = "final") -> tuple[dict[str, float], dict[str, Path]]:
         """On every rank at once (collectives inside): metrics and written files on rank 0, ({}, {}) elsewhere."""
         start = time.perf_counter()
-        mine = self.share(energy_net, initializer, levels)
+        mine = self.share(nets, levels)
         payloads = self.gather(mine.payload)
         nan_rows = self.gather(torch.tensor([mine.nan_rows], dtype=torch.float64))
         if self.rank != 0:
             return {}, {}
         shares = [Share(p, float(n.sum()), mine.samples if r == 0 else None, mine.per_level if r == 0 else None)
                   for r, (p, n) in enumerate(zip(payloads, nan_rows))]
-        return self.finish(shares, energy_net, levels, out_dir, tag, start)
+        return self.finish(shares, nets["energy_net"], levels, out_dir, tag, start)
 
     def finish(self, shares: list[Share], energy_net: nn.Module, levels: LevelTable, out_dir: str | Path | None,
                tag: str, start: float) -> tuple[dict[str, float], dict[str, Path]]:
@@ -287,8 +287,8 @@ class Evaluator:
 def evaluate_trainer(evaluator: Evaluator, trainer, out_dir: str | Path, step: int,
                      final: bool) -> tuple[dict[str, float], dict[str, Path]]:
     """``Evaluator.run`` on a Trainer's EMA nets, files tagged "final" or "step_XXXXXXXX"."""
-    return evaluator.run(trainer.averaged("energy_net"), trainer.averaged("initializer"), trainer.objective.levels,
-                         out_dir, tag="final" if final else f"step_{step:08d}")
+    nets = {name: trainer.averaged(name) for name in trainer.objective.network_names}
+    return evaluator.run(nets, trainer.objective.levels, out_dir, tag="final" if final else f"step_{step:08d}")
 
 
 def summary_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -304,7 +304,7 @@ def checkpoint_share(checkpoint: dict, rank: int, world_size: int, num_samples: 
     config, nets, data_shape = nets_from_checkpoint(checkpoint, device)
     evaluator = Evaluator(config, data_shape, rank=rank, world_size=world_size, device=device,
                           num_samples=num_samples, seed=seed)
-    share = evaluator.share(nets["energy_net"], nets["initializer"], build_levels(config, device))
+    share = evaluator.share(nets, build_levels(config, device))
     if rank != 0:
         share.samples, share.per_level = None, None
     return share

@@ -180,7 +180,7 @@ def run_training(
             floats["samples_per_s"] = window_steps * t.batch_size / max(now - window_start, 1e-9)
             floats["train_seconds"] = elapsed
             floats.update({f"health/{k}": float(v) for k, v in guard.counters().items()})
-            progress.set_postfix(ebm=f"{floats['energy_loss']:.3g}", init=f"{floats['initializer_loss']:.3g}")
+            progress.set_postfix({k.removeprefix("loss/"): f"{v:.3g}" for k, v in floats.items() if k.startswith("loss/")})
             hooks.log(done, floats)
             window_start, window_steps = time.perf_counter(), 0
             if t.time_budget_s > 0 and ctx.any_rank_flag(elapsed >= t.time_budget_s) and done < t.iterations:

@@ -1,4 +1,4 @@
-"""Draw samples from a trained CDRL checkpoint (EMA weights).
+"""Draw samples from a trained checkpoint (EMA weights) with its method's sampler.
 
     python pipeline/sample.py --checkpoint runs/toy/checkpoints/step_00008000.pt --num-samples 2500 --out s.npy
     python pipeline/sample.py --checkpoint s3://bucket/ckpt/.../checkpoint.pt --num-samples 64 --out s.npy --grid s.png
@@ -20,9 +20,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cdrl.config import ConfigError  # noqa: E402
-from cdrl.factory import build_levels, nets_from_checkpoint  # noqa: E402
-from cdrl.generation import Conditioning, generate_in_batches  # noqa: E402
-from cdrl.perf import PerfSettings  # noqa: E402
+from cdrl.factory import build_levels, build_sampler, nets_from_checkpoint  # noqa: E402
+from cdrl.generation import Conditioning  # noqa: E402
 from pipeline.checkpoint_io import read_checkpoint  # noqa: E402
 from pipeline.cli import Parser, run_main  # noqa: E402
 from pipeline.model_ref import ModelRefError, resolve_checkpoint  # noqa: E402
@@ -50,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def draw_samples(config, nets: dict, data_shape: tuple[int, ...], num_samples: int, label: int | None = None,
                  guidance_weight: float | None = None, steps_per_level: int | None = None, seed: int = 0,
                  device: str = "cpu") -> torch.Tensor:
-    """``num_samples`` float32 samples (N, *data_shape) on the CPU: ancestral sampling (§7), guided by ``label``
+    """``num_samples`` float32 samples (N, *data_shape) on the CPU from the method's sampler (CDRL: ancestral
+    sampling, §7), guided by ``label``
     (0-based) with weight ``guidance_weight`` (§8, default the config's) for a class-conditional model."""
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
@@ -63,12 +63,8 @@ def draw_samples(config, nets: dict, data_shape: tuple[int, ...], num_samples: i
             raise ConfigError(f"label {label} is outside 0..{config.model.num_classes - 1}")
         labels = torch.full((num_samples,), label + 1, dtype=torch.long)
         cond = Conditioning.guided(labels, config.generation.guidance_weight if guidance_weight is None else guidance_weight)
-    gen = config.generation
-    samples, _ = generate_in_batches(
-        nets["energy_net"], nets["initializer"], build_levels(config, device), num_samples, data_shape,
-        steps_per_level or gen.steps_per_level or config.langevin.num_steps, gen.batch_size,
-        cond=cond, tweedie=gen.tweedie, device=device, perf=PerfSettings.resolve(config.perf, device),
-    )
+    samples = build_sampler(config, build_levels(config, device)).sample(
+        nets, num_samples, data_shape, device, steps=steps_per_level, cond=cond).samples
     return samples.float()
 
 

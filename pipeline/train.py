@@ -21,7 +21,8 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 
 from cdrl.checkpoint import FORMAT  # noqa: E402
 from cdrl.config import ConfigError, load_config  # noqa: E402
-from cdrl.nets import build_energy_net, build_initializer, count_parameters  # noqa: E402
+from cdrl.factory import build_nets  # noqa: E402
+from cdrl.nets import count_parameters  # noqa: E402
 from pipeline.cli import REPO_ROOT, Parser, run_main, write_json  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "pipeline" / "configs" / "toy.yaml"
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.iterations=100")
     parser.add_argument("--summary", metavar="OUT.json", help="write the run summary (checkpoint, step, metrics) here")
-    parser.add_argument("--dry-run", action="store_true", help="resolve the config, build both nets, print them; no training")
+    parser.add_argument("--dry-run", action="store_true", help="resolve the config, build the method's nets, print them; no training")
     parser.add_argument("--warm-start", metavar="REF",
                         help="start from the weights and EMAs of another model (checkpoint path or URI, run name, or "
                              "models:/NAME@ALIAS); fresh optimizers and step count. A models:/ alias that does not "
@@ -82,10 +83,7 @@ def data_shape_for(config) -> tuple[int, ...]:
 
 def dry_run(config) -> dict:
     shape = data_shape_for(config)
-    counts = {
-        "energy_net": count_parameters(build_energy_net(config.model, shape)),
-        "initializer": count_parameters(build_initializer(config.model, shape)),
-    }
+    counts = {name: count_parameters(net) for name, net in build_nets(config, shape).items()}
     return {"run_name": config.run.name, "dry_run": True, "checkpoint": None, "step": 0, "data_shape": list(shape),
             "param_counts": counts, "metrics": {}, "config": config.to_dict(), "checkpoint_format": FORMAT}
 

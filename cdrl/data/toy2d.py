@@ -52,3 +52,16 @@ def sample_toy(name: str, num_points: int, seed: int | np.random.Generator = 0) 
     if name not in _GENERATORS:
         raise ValueError(f"unknown 2-D toy {name!r}; choose one of {', '.join(TOY_DISTRIBUTIONS)}")
     return _GENERATORS[name](num_points, _rng(seed)).astype(np.float32)
+
+
+ATTRIBUTE_NAMES = ("left", "right", "bottom", "top")  # dataset labels 0..3 of ``eight_squares_with_attributes``
+
+
+def eight_squares_with_attributes(num_points: int, seed: int | np.random.Generator = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``8squares`` points, each twice: once labelled with its horizontal attribute (0 left, 1 right: x < 0 or
+    not), once with its vertical one (2 bottom, 3 top: y < 0 or not). Each label's conditional is a half
+    plane's four squares, so composing "left" and "top" targets the two top-left squares."""
+    points = eight_squares(num_points, _rng(seed)).astype(np.float32)
+    horizontal = np.where(points[:, 0] < 0, 0, 1)
+    vertical = np.where(points[:, 1] < 0, 2, 3)
+    return np.concatenate([points, points]), np.concatenate([horizontal, vertical]).astype(np.int64)

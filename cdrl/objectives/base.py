@@ -2,7 +2,11 @@
 
 An objective is called with the named networks and a data batch and returns one scalar loss per network
 it trains, plus detached metrics. The training loop (cdrl.training.Trainer) never branches on the method:
-it backpropagates the losses, clips and steps each network's optimizer.
+it backpropagates the losses, clips and steps each network's optimizer. An objective with worker-local
+state (a replay buffer) also has ``state_dict()`` / ``load_state_dict(state)``; the Trainer saves it.
+
+Every method also has a ``Sampler`` (cdrl.factory.build_sampler): the evaluation draws samples through it
+without knowing the method.
 """
 from __future__ import annotations
 
@@ -24,6 +28,20 @@ class Objective(Protocol):
     network_names: tuple[str, ...]
 
     def __call__(self, nets: Mapping[str, nn.Module], x: torch.Tensor, labels: torch.Tensor | None) -> ObjectiveOutput:
+        ...
+
+
+@dataclass
+class SampleOutput:
+    samples: torch.Tensor  # (N, *data_shape) on the CPU
+    per_level: list[torch.Tensor] | None = None  # noise-level methods: [x_{K-1}, …, x_0] on the CPU
+
+
+class Sampler(Protocol):
+    def sample(self, nets: Mapping[str, nn.Module], num_samples: int, data_shape: tuple[int, ...],
+               device: torch.device | str = "cpu", steps: int | None = None, cond=None) -> SampleOutput:
+        """``num_samples`` from the given (EMA) nets; ``steps`` overrides the configured chain length;
+        ``cond`` (cdrl.generation.Conditioning) only for class-conditional CDRL."""
         ...
 
 

@@ -35,12 +35,12 @@ def test_samples_and_scores_do_not_depend_on_the_worker_count(tmp_path):
     config = load_config(None, [*TINY_TOY, "eval.num_samples=50", "generation.batch_size=8", "eval.seed=3",
                                 f"run.output_dir={tmp_path}"])
     trainer = build_worker_trainer(config, (2,), WorkerContext())
-    nets = trainer.averaged("energy_net"), trainer.averaged("initializer"), trainer.objective.levels
+    nets = {name: trainer.averaged(name) for name in ("energy_net", "initializer")}, trainer.objective.levels
     alone, _ = Evaluator(config, (2,)).run(*nets, out_dir=None)
     rank0, rank1 = (Evaluator(config, (2,), rank=r, world_size=2) for r in (0, 1))
     shares = [rank0.share(*nets), rank1.share(*nets)]
     assert [len(s.payload) for s in shares] == [3 * 8 + 2, 3 * 8]  # blocks 0, 2, 4, 6 (of 2 samples) and 1, 3, 5
-    split, _ = rank0.finish(shares, nets[0], nets[2], None, "x", 0.0)
+    split, _ = rank0.finish(shares, nets[0]["energy_net"], nets[1], None, "x", 0.0)
     for key in ("eval/in_support", "eval/balance", "eval/mmd_bw1", "eval/sample_nan_fraction"):
         assert split[key] == pytest.approx(alone[key], abs=1e-12), key
     torch.manual_seed(123)
