@@ -96,18 +96,18 @@ def generate(
 
     Pass the EMA networks (the default everywhere). ``steps_per_level`` below the training value is the
     sampling-efficient variant. ``perf`` (cdrl/perf.py): autocast region and compiled energy; the chain
-    state stays float32.
+    state stays float32. ``final_step_noise=False``: each level's last Langevin step adds no noise.
     """
     perf = perf or PerfSettings()
     with perf.autocast():
         return _generate(energy_net, initializer, levels, num_samples, data_shape, steps_per_level, cond or Conditioning(),
-                         tweedie, return_levels, inpaint, device, perf)
+                         tweedie, return_levels, inpaint, device, perf, final_step_noise)
 
 
 def _generate(energy_net: nn.Module, initializer: nn.Module, levels: LevelTable, num_samples: int,
               data_shape: tuple[int, ...], steps_per_level: int, cond: Conditioning, tweedie: TweedieMode,
               return_levels: bool, inpaint: "Inpainting | None", device: torch.device | str,
-              perf: PerfSettings) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+              perf: PerfSettings, final_step_noise: bool) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     call = energy_call(perf)
     K = levels.num_levels
     x = torch.randn(num_samples, *data_shape, device=device)

@@ -35,7 +35,8 @@ class Recorder:
     def __init__(self):
         self.calls: list[dict] = []
 
-    def __call__(self, energy, y, anchor, step_size, quadratic_coeff, num_steps, step_multiplier=1.0, project=None):
+    def __call__(self, energy, y, anchor, step_size, quadratic_coeff, num_steps, step_multiplier=1.0, project=None,
+                 final_step_noise=True):
         self.calls.append(dict(y0=y.clone(), anchor=anchor.clone(), step_size=step_size.clone(),
                                quadratic_coeff=quadratic_coeff.clone(), num_steps=num_steps))
         return y + 1.0
