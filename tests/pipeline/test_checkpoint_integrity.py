@@ -1,6 +1,6 @@
 """Checkpoints carry a content hash; a corrupt or truncated newest one is skipped with a warning.
 
-The Ray/S3 store is exercised the same way, on a real SeaweedFS, in tests/pipeline/test_faults.py.
+The Ray/S3 store uses the same records (pipeline/checkpoint_io.py).
 """
 from __future__ import annotations
 

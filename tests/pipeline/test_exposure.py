@@ -1,7 +1,4 @@
-"""Exposure: the local stack listens on loopback only and never uses well-known credentials.
-
-(The embedded default's in-process Ray is checked the same way, while it trains, in test_faults.py.)
-"""
+"""Exposure: the local stack listens on loopback only and never uses well-known credentials."""
 from __future__ import annotations
 
 import os
