@@ -43,6 +43,7 @@ def trial_config(base: dict[str, Any], space: SearchSpace, params: dict[str, Any
         "run.name": trial_id, "run.storage_path": train_storage,
         "train.time_budget_s": space.budget_s, "tune.eval_every_s": space.eval_every_s,
         "registry.enabled": False,  # trials are candidates, not models: the best config is trained and registered
+        "health.enabled": False,  # a diverging trial is for the scheduler to stop, not for the guard to roll back
     }))
 
 

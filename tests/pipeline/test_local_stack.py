@@ -66,7 +66,7 @@ def test_non_loopback_host_is_refused(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_boto3_put_and_get_via_env(local_s3: LocalStack, monkeypatch: pytest.MonkeyPatch) -> None:
     use_env(monkeypatch, local_s3)
-    s3 = boto3.client("s3")
+    s3 = boto3.session.Session().client("s3")  # a fresh session: the default one caches the first stack's keys
     s3.put_object(Bucket=local_s3.bucket, Key="tests/hello.txt", Body=b"hello stack")
     body = s3.get_object(Bucket=local_s3.bucket, Key="tests/hello.txt")["Body"].read()
     assert body == b"hello stack"
@@ -105,7 +105,7 @@ def test_mlflow_run_with_artifact_in_s3(
     assert Path(downloaded).read_text() == "energy went down"
 
     prefix = f"mlartifacts/{experiment_id}/{run_id}/"
-    listing = boto3.client("s3").list_objects_v2(Bucket=local_stack.bucket, Prefix=prefix)
+    listing = boto3.session.Session().client("s3").list_objects_v2(Bucket=local_stack.bucket, Prefix=prefix)
     assert [obj["Key"] for obj in listing.get("Contents", [])] == [f"{prefix}artifacts/notes.txt"]
 
 
