@@ -49,16 +49,3 @@ def listening_addresses(pids: list[int]) -> list[tuple[str, int]]:
 
 def is_loopback(ip: str) -> bool:
     return ipaddress.ip_address(ip).is_loopback
-
-
-def processes_with_env(marker: str) -> list[int]:
-    """Pids whose environment contains ``marker`` (e.g. ``RAY_TMPDIR=/tmp/x``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
