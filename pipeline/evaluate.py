@@ -26,7 +26,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 import torch  # noqa: E402
 
 from cdrl.config import Config, ConfigError  # noqa: E402
-from pipeline.cli import run_main, write_json  # noqa: E402
+from pipeline.cli import Parser, run_main, write_json  # noqa: E402
 
 
 def primary_metric(metrics: dict[str, float], fid_name: str | None) -> dict:
@@ -188,7 +188,7 @@ def log_report(report: dict, log_to: str, tracking_uri: str | None, experiment: 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pipeline/evaluate.py", description=__doc__,
+    parser = Parser(prog="pipeline/evaluate.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, metavar="REF",
                         help="checkpoint file or folder (local or s3://), a run name, or models:/NAME@ALIAS")

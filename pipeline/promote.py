@@ -20,12 +20,12 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
     sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not pipeline/ (see train.py)
 
 from cdrl.config import ConfigError, load_config  # noqa: E402
-from pipeline.cli import run_main, write_json  # noqa: E402
+from pipeline.cli import Parser, run_main, write_json  # noqa: E402
 from pipeline.promotion import EXIT_CODES_HELP  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pipeline/promote.py", description=__doc__, epilog=EXIT_CODES_HELP,
+    parser = Parser(prog="pipeline/promote.py", description=__doc__, epilog=EXIT_CODES_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML config of the model (registry, retrain, tracking)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. run.name=…")

@@ -33,7 +33,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 import yaml  # noqa: E402
 
 from cdrl.config import Config, ConfigError, config_from_dict, load_config  # noqa: E402
-from pipeline.cli import REPO_ROOT, run_main, write_json  # noqa: E402
+from pipeline.cli import REPO_ROOT, Parser, run_main, write_json  # noqa: E402
 from tune.space import OBJECTIVE, TIME_ATTR, SearchError, SearchSpace, load_space, space_summary, with_values  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "pipeline" / "configs" / "toy.yaml"
@@ -44,7 +44,7 @@ INTERRUPTED_EXIT = 130
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="tune/search.py", description=__doc__,
+    parser = Parser(prog="tune/search.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="base YAML config (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the base config")
