@@ -92,9 +92,9 @@ def train_and_evaluate(config) -> dict:
         summary = train_locally(config, *dataset_for_run(config))
     except (FloatingPointError, ValueError) as err:
         return {"failure": f"{type(err).__name__}: {str(err).splitlines()[0][:160]}", "wall_s": time.perf_counter() - start}
-    metrics = summary["metrics"]
+    metrics = summary.metrics
     failure = "NaN samples" if metrics.get("sample_nan_fraction", 0) > 0.5 else None
-    return {"failure": failure, "step": summary["step"], "train_seconds": summary["train_seconds"],
+    return {"failure": failure, "step": summary.step, "train_seconds": summary.train_seconds,
             "metrics": metrics, "wall_s": time.perf_counter() - start}
 
 

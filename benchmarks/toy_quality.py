@@ -14,13 +14,11 @@ reported separately. Prints a line per evaluation, then a table, and writes JSON
 from __future__ import annotations
 
 import argparse
-import operator
 import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 # Run as a script, Python puts benchmarks/ first on sys.path: put the repository root there instead.
 if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
@@ -40,49 +38,31 @@ from cdrl.metrics.toy import mmd_key, toy_report  # noqa: E402
 from cdrl.training import Trainer  # noqa: E402
 from pipeline.cli import REPO_ROOT, run_main  # noqa: E402
 from pipeline.evaluation import HELD_OUT_SEED_OFFSET, held_out_reference  # noqa: E402
+from pipeline.metric_conditions import EXPECTED, MetricCondition, parse_condition  # noqa: E402
 from pipeline.loop import TrainingData, WorkerContext, build_worker_trainer, step_seed  # noqa: E402
 
 DEFAULT_CONFIG = REPO_ROOT / "pipeline" / "configs" / "toy.yaml"
 DEFAULT_BAR = "in_support>=0.90,balance<=0.03,mmd_bw1<=0.001"
-COMPARISONS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
-}
-_CONDITION = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(>=|<=|>|<)\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*$")
 
 
-@dataclass(frozen=True)
-class Condition:
-    """One clause of the bar, e.g. ``in_support >= 0.9``."""
-
-    metric: str
-    op: str
-    threshold: float
-
-    def holds(self, metrics: dict[str, float]) -> bool:
-        return COMPARISONS[self.op](metrics[self.metric], self.threshold)
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.threshold:g}"
-
-
-def parse_bar(text: str) -> list[Condition]:
+def parse_bar(text: str) -> list[MetricCondition]:
     """``"in_support>=0.90,balance<=0.03"`` → conditions; raises BenchmarkError on a malformed clause."""
     conditions = []
     for clause in text.split(","):
-        match = _CONDITION.match(clause)
-        if not match:
-            raise BenchmarkError(f"--bar: cannot read {clause!r} (expected METRIC>=NUMBER, <=, > or <)")
-        conditions.append(Condition(match[1], match[2], float(match[3])))
+        condition = parse_condition(clause)
+        if condition is None:
+            raise BenchmarkError(f"--bar: cannot read {clause!r} (expected {EXPECTED})")
+        conditions.append(condition)
     return conditions
 
 
-def report_bandwidths(bar: list[Condition]) -> tuple[float, ...]:
+def report_bandwidths(bar: list[MetricCondition]) -> tuple[float, ...]:
     """MMD bandwidths to compute: 1 always, plus any ``mmd_bw{h}`` the bar names."""
     named = {float(c.metric.removeprefix("mmd_bw")) for c in bar if re.fullmatch(r"mmd_bw[\d.]+", c.metric)}
     return tuple(sorted({1.0} | named))
 
 
-def check_bar(bar: list[Condition], distribution: str, bandwidths: tuple[float, ...]) -> None:
+def check_bar(bar: list[MetricCondition], distribution: str, bandwidths: tuple[float, ...]) -> None:
     """Every metric the bar names must be one that toy_report computes for this distribution."""
     known = {mmd_key(h) for h in bandwidths} | ({"in_support", "balance"} if distribution == "8squares" else set())
     unknown = sorted({c.metric for c in bar} - known)
@@ -167,7 +147,7 @@ def train_step_seconds(trainer: Trainer, data: TrainingData, config: Config, sam
 
 
 def train_and_evaluate(trainer: Trainer, data: TrainingData, config: Config, evaluate: Evaluator,
-                       bar: list[Condition], budget_s: float, eval_every_s: float, device: torch.device) -> list[dict]:
+                       bar: list[MetricCondition], budget_s: float, eval_every_s: float, device: torch.device) -> list[dict]:
     """Train for ``budget_s`` training seconds; evaluate every ``eval_every_s`` of them and at the end."""
     sampler = torch.Generator(device="cpu")
     train_s, next_eval, curve = 0.0, eval_every_s, []
@@ -180,7 +160,7 @@ def train_and_evaluate(trainer: Trainer, data: TrainingData, config: Config, eva
     return curve
 
 
-def evaluation_point(trainer: Trainer, evaluate: Evaluator, bar: list[Condition], train_s: float) -> dict:
+def evaluation_point(trainer: Trainer, evaluate: Evaluator, bar: list[MetricCondition], train_s: float) -> dict:
     start = time.perf_counter()
     metrics = evaluate(trainer)
     eval_s = time.perf_counter() - start
@@ -198,7 +178,7 @@ def print_point(point: dict) -> None:
           f"(eval {point['eval_s']:.1f}s){'  BAR MET' if point['bar_met'] else ''}", flush=True)
 
 
-def build_report(args: argparse.Namespace, config: Config, bar: list[Condition], curve: list[dict],
+def build_report(args: argparse.Namespace, config: Config, bar: list[MetricCondition], curve: list[dict],
                  device: torch.device, machine: dict) -> dict:
     first = next((p for p in curve if p["bar_met"]), None)
     last = curve[-1]

@@ -1,4 +1,4 @@
-"""Sampling from a trained CDRL model (cdrl-algorithm.md §7, §8).
+"""Sampling from a trained CDRL model (docs/algorithm.md §7, §8).
 
 Ancestral sampling from x_K ~ N(0, I) through all levels: at level i the initializer proposes, Langevin on
 the EBM refines, and x_{i-1} = y / sqrt(m_i). Images end with a Tweedie denoising step. Guidance and

@@ -1,4 +1,4 @@
-"""Langevin refinement of initializer proposals (cdrl-algorithm.md §3).
+"""Langevin refinement of initializer proposals (docs/algorithm.md §3).
 
 For each example at transition t, with y⁰ the initializer proposal and x_t the noisy observation:
 

@@ -1,4 +1,4 @@
-"""PNG figures for 2-D toys: sample scatters and the paper's per-level energy landscapes (cdrl-algorithm.md §11).
+"""PNG figures for 2-D toys: sample scatters and the paper's per-level energy landscapes (docs/algorithm.md §11).
 
 Matplotlib runs on the Agg backend so that plotting works in headless training workers.
 """

@@ -1,6 +1,6 @@
 """The noise schedule: every per-level constant of CDRL in one place.
 
-Spec: cdrl-algorithm.md §1 (truncated cosine logSNR), §2 (pairs, loss weights), §3 (Langevin step
+Spec: docs/algorithm.md §1 (truncated cosine logSNR), §2 (pairs, loss weights), §3 (Langevin step
 sizes), §4 (initializer noise), §10 (reference values), §14 (DRL's schedule). Three families of levels
 share every derived constant: "cosine" (the paper's, the default), "linear" (linear in logSNR) and "drl"
 (DRL's subsampled DDPM betas). Level 0 is the cleanest level (logSNR = max),

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,10 +34,20 @@ def run_main(main: Callable[[], int | None], user_errors: tuple[type[BaseExcepti
         sys.exit(main() or 0)
     except user_errors as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(2)
+        exit_after_error(2)
     except run_failures as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
-        sys.exit(1)
+        exit_after_error(1)
+
+
+def exit_after_error(code: int) -> NoReturn:
+    """Exit with ``code`` once Python's own clean-up (atexit: Ray shutdown, MLflow, logging) has run, skipping the
+    native teardown after it: pyarrow's thread pools can abort the process there ("terminate called without an
+    active exception", apache/arrow#34314), which would turn the promised exit code into -6 (SIGABRT)."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def one_line(err: BaseException) -> str:

@@ -1,4 +1,4 @@
-"""Evaluate a trained model with the fixed protocol of training-time evaluation (cdrl-algorithm.md §9, §15).
+"""Evaluate a trained model with the fixed protocol of training-time evaluation (docs/algorithm.md §9, §15).
 
     python pipeline/evaluate.py --model runs/digits/checkpoints/step_00002000.pt
     python pipeline/evaluate.py --model digits --num-samples 1000 --json eval.json      # a run name
@@ -99,7 +99,7 @@ def evaluate_model(ref: str, num_samples: int | None = None, seed: int | None = 
     of cdrl.metrics.ood.
     """
     from cdrl.factory import build_levels, nets_from_checkpoint
-    from pipeline.checkpoint_io import read_checkpoint
+    from pipeline.checkpoints import read_checkpoint
     from pipeline.evaluation import Evaluator
     from pipeline.model_ref import resolve_checkpoint
     from pipeline.reference_stats import dataset_reference
@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     from mlflow.exceptions import MlflowException
 
-    from pipeline.datasets.errors import DatasetError, StorageError
+    from pipeline.datasets.errors import DatasetError
+    from pipeline.storage import StorageError
     from pipeline.model_ref import ModelRefError
     from pipeline.tracking import TrackingError
 

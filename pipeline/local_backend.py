@@ -10,10 +10,11 @@ from cdrl.config import Config
 from pipeline.datasets.manifest import Manifest
 from pipeline.datasets.reader import read_arrays
 from pipeline.evaluation import Evaluator, evaluate_trainer, summary_metrics
-from pipeline.local_checkpoints import LocalCheckpointDir
+from pipeline.checkpoints import local_store
 from pipeline.health_guard import TrainingDiverged
 from pipeline.loop import LoopHooks, TrainingData, WorkerContext, run_training
 from pipeline.reference_stats import dataset_reference
+from pipeline.run_result import RunResult
 
 
 def load_training_data(uri: str) -> TrainingData:
@@ -25,11 +26,11 @@ def run_dir(config: Config) -> Path:
     return Path(config.run.output_dir).absolute() / config.run.name
 
 
-def train_locally(config: Config, data_uri: str, manifest: Manifest, warm_start: dict | None = None) -> dict:
+def train_locally(config: Config, data_uri: str, manifest: Manifest, warm_start: dict | None = None) -> RunResult:
     """Train (resuming from this run's latest checkpoint if any, else from ``warm_start`` weights if given),
-    evaluate, return the summary dict."""
+    evaluate; the result names the final checkpoint."""
     out = run_dir(config)
-    store = LocalCheckpointDir(config.run.storage_path or out / "checkpoints", config.run.keep_checkpoints)
+    store = local_store(config, out)
     data = load_training_data(data_uri)
     latest = store.load_latest()
     resume = latest[1] if latest else None
@@ -63,13 +64,7 @@ def train_locally(config: Config, data_uri: str, manifest: Manifest, warm_start:
     if result.diverged:
         raise TrainingDiverged(result.diverged)
     metrics, artifacts = evaluation["metrics"], evaluation["artifacts"]
-    return {
-        "run_name": config.run.name,
-        "backend": "local",
-        "checkpoint": saved["checkpoint"],
-        "step": result.trainer.step_count,
-        "train_seconds": result.train_seconds,
-        "metrics": summary_metrics(metrics),
-        "artifacts": {k: str(v) for k, v in artifacts.items()},
-        "dataset_version": manifest.version,
-    }
+    return RunResult(run_name=config.run.name, backend="local", checkpoint=saved["checkpoint"],
+                     step=result.trainer.step_count, train_seconds=result.train_seconds,
+                     dataset_version=manifest.version, metrics=summary_metrics(metrics),
+                     artifacts={k: str(v) for k, v in artifacts.items()})

@@ -13,39 +13,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pyarrow.fs as pafs
-
-from pipeline.datasets import storage
-from pipeline.local_checkpoints import LocalCheckpointDir
-from pipeline.ray_backend import CHECKPOINT_FILE
+from pipeline import storage
+from pipeline.checkpoints import checkpoint_in_folder
 
 DEFAULT_OUTPUT_DIR = "runs"
 
 
 class ModelRefError(ValueError):
     """A model reference that names no checkpoint; the message says what was tried."""
-
-
-def _sub_folders(uri: str) -> list[str]:
-    filesystem, path = storage.resolve(uri)
-    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
-
-
-def checkpoint_in_folder(folder: str) -> str | None:
-    """The checkpoint a folder stands for (see the module docstring), or None."""
-    if storage.exists(storage.join(folder, CHECKPOINT_FILE)):
-        return storage.join(folder, CHECKPOINT_FILE)
-    ray_checkpoints = [name for name in _sub_folders(folder) if name.startswith("checkpoint_")]
-    for name in reversed(ray_checkpoints):  # Ray names them by timestamp: the last one is the newest
-        candidate = storage.join(storage.join(folder, name), CHECKPOINT_FILE)
-        if storage.exists(candidate):
-            return candidate
-    if not storage.is_s3(folder):
-        latest = LocalCheckpointDir(folder).latest()
-        return str(latest) if latest else None
-    steps = [name for name in storage.list_names(folder) if name.startswith("step_") and name.endswith(".pt")]
-    return storage.join(folder, steps[-1]) if steps else None
 
 
 def _from_mlflow(run_name: str, tracking_uri: str | None) -> str | None:

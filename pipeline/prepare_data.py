@@ -16,7 +16,8 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 
 from pipeline.cli import Parser  # noqa: E402
 from pipeline.datasets.catalog import DATASET_NAMES, open_source  # noqa: E402
-from pipeline.datasets.errors import DatasetError, StorageError  # noqa: E402
+from pipeline.datasets.errors import DatasetError  # noqa: E402
+from pipeline.storage import StorageError  # noqa: E402
 from pipeline.datasets.writer import write_dataset  # noqa: E402
 
 

@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.datasets.errors import DatasetError, StorageError
+    from pipeline.datasets.errors import DatasetError
+    from pipeline.storage import StorageError
     from pipeline.model_ref import ModelRefError  # registry.RegistryError is one
     from pipeline.tracking import TrackingError
 

@@ -1,32 +1,31 @@
 """Data-parallel CDRL on Ray Train V2: the driver side (``train_on_ray``) and the worker side.
 
 Driver: validate data, storage and MLflow up front; connect to (or start) Ray; build a TorchTrainer whose
-RunConfig stores checkpoints under ``run.storage_path`` (a folder or s3://); re-running the same
-``run.name`` resumes from the latest checkpoint. Workers: read their share of the Parquet shards through
+RunConfig stores checkpoints under ``run.storage_path`` (a folder or s3://; the store is
+``pipeline.checkpoints``); re-running the same ``run.name`` resumes from the latest checkpoint; the run's last
+report becomes a ``pipeline.run_result.RunResult``. Workers: read their share of the Parquet shards through
 Ray Data, wrap both nets in DDP (gloo on CPU, NCCL on GPU), run ``pipeline.loop.run_training``.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cdrl.checkpoint import serialize
 from cdrl.config import Config, ConfigError, config_from_dict
-from pipeline.checkpoint_io import CHECKPOINT_FILE, CHECKPOINT_NAMES, checkpoint_files, load_newest_valid, upload_folder
+from pipeline import checkpoints
 from pipeline.datasets.manifest import Manifest
-from pipeline.evaluation import Evaluator, evaluate_trainer, summary_metrics
+from pipeline.evaluation import Evaluator, evaluate_trainer
 from pipeline.loop import LoopHooks, TrainingData, WorkerContext, run_training
 from pipeline.reference_stats import dataset_reference, prepare_reference_stats
 from pipeline.health_guard import TrainingDiverged
 from pipeline.run_failures import InfrastructureFailure, infrastructure_failure
+from pipeline.run_result import RunResult, divergence_report, final_report
 from pipeline.tracking import RunLogger, start_run
 from pipeline.tracking_buffer import BufferedRunLogger
 
@@ -37,40 +36,6 @@ FINISH_WAIT_S = 60.0
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def storage_root(config: Config) -> str:
-    """Where Ray Train keeps this run's checkpoints: s3://… as given, local folders made absolute."""
-    if config.run.storage_path and config.run.storage_path.startswith("s3://"):
-        return config.run.storage_path.rstrip("/")
-    return str(Path(config.run.storage_path or Path(config.run.output_dir) / "ray").absolute())
-
-
-def checkpoint_uri(config: Config, checkpoint_path: str) -> str:
-    """A user-facing URI of the checkpoint file inside a Ray checkpoint folder."""
-    prefix = "s3://" if storage_root(config).startswith("s3://") else ""
-    return f"{prefix}{checkpoint_path.rstrip('/')}/{CHECKPOINT_FILE}"
-
-
-def ray_storage(config: Config) -> dict[str, Any]:
-    """RunConfig storage arguments. For S3, a filesystem whose requests back off and retry for
-    ``faults.storage_wait_s``, so Ray Train's own writes ride out an outage as our uploads do."""
-    root = storage_root(config)
-    if not root.startswith("s3://"):
-        return {"storage_path": root}
-    from pipeline.datasets import storage
-
-    return {"storage_path": root[len("s3://") :],
-            "storage_filesystem": storage.patient_s3_filesystem(root, config.faults.storage_wait_s)}
-
-
-def check_storage(config: Config) -> None:
-    """Fail before training when the checkpoint store is an unreachable or missing S3 bucket."""
-    root = storage_root(config)
-    if root.startswith("s3://"):
-        from pipeline.datasets import storage
-
-        storage.list_names(root)  # raises StorageError naming the URI
-
-
 def running_cluster_known() -> bool:
     """Whether there is a cluster to join: RAY_ADDRESS (``ray job submit``) or ``ray start``'s address file."""
     if os.environ.get("RAY_ADDRESS"):
@@ -118,11 +83,14 @@ def check_scaling(config: Config, manifest: Manifest) -> None:
 
 
 def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: dict | None = None,
-                 run_callbacks: list | None = None, tracking_tags: dict[str, str] | None = None) -> dict[str, Any]:
+                 run_callbacks: list | None = None, tracking_tags: dict[str, str] | None = None,
+                 stoppable_at_evaluations: bool = False) -> RunResult:
     """Train on Ray Train (resuming this run if its storage has checkpoints, else from ``warm_start`` weights);
     with tracking on, a finished run registers one model version (``pipeline.registry``) from this driver.
     ``run_callbacks`` go to Ray Train's RunConfig (Tune trials pass their reporter), ``tracking_tags`` to the
-    MLflow run (a trial's parent run and trial id)."""
+    MLflow run (a trial's parent run and trial id). ``stoppable_at_evaluations``: a scheduler may end the run
+    at any evaluation report (a Tune trial under ASHA), so the MLflow buffer is flushed before each one and
+    nothing already logged dies with the run."""
     keep_local_ray_on_loopback()
     import ray
     from ray.data import ExecutionOptions
@@ -132,7 +100,7 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: 
     from pipeline.datasets.reader import ray_dataset
 
     check_scaling(config, manifest)
-    check_storage(config)
+    checkpoints.check_storage(config)
     prepare_reference_stats(config, data_uri, manifest)  # once, here, rather than on a worker mid-run
     tracking = None
     if config.tracking.enabled:
@@ -148,13 +116,14 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: 
                            "tracking": tracking, "run_dir": str(run_dir),
                            # through the object store: workers on other nodes cannot read the driver's disk
                            "warm_start": ray.put(warm_start) if warm_start is not None else None,
-                           "checkpoint_root": f"{storage_root(config)}/{config.run.name}"},
+                           "checkpoint_root": checkpoints.run_root(config),
+                           "flush_before_evaluation_reports": stoppable_at_evaluations},
         scaling_config=ScalingConfig(num_workers=config.ray.num_workers, use_gpu=config.ray.use_gpu,
                                      resources_per_worker={"CPU": config.ray.cpus_per_worker},
                                      placement_strategy=config.ray.placement_strategy),
         run_config=RunConfig(
             name=config.run.name,
-            **ray_storage(config),
+            **checkpoints.ray_storage(config),
             checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.ray.max_failures),
             callbacks=run_callbacks,
@@ -171,41 +140,30 @@ def train_on_ray(config: Config, data_uri: str, manifest: Manifest, warm_start: 
         if failure:
             raise InfrastructureFailure(failure) from error
         raise
-    metrics = dict(result.metrics or {})
-    if metrics.get("health/diverged"):
+    reported = {**dict(result.metrics or {}), **(result.return_value or {})}  # return value: divergence only
+    run = RunResult.from_reported(
+        reported, run_name=config.run.name, backend="ray", num_workers=config.ray.num_workers,
+        checkpoint=checkpoints.checkpoint_uri(config, result.checkpoint.path) if result.checkpoint else None,
+        dataset_version=manifest.version, tracking=tracking)
+    if run.diverged:
         if tracking:
-            finish_tracking(tracking, "FAILED", {"cdrl.failure": metrics["health/diverged"]})
-        raise TrainingDiverged(metrics["health/diverged"])
-    uri = checkpoint_uri(config, result.checkpoint.path) if result.checkpoint else None
-    registered = None
+            finish_tracking(tracking, "FAILED", {"cdrl.failure": run.diverged})
+        raise TrainingDiverged(run.diverged)
     if tracking:
-        if config.registry.enabled and uri:
+        if config.registry.enabled and run.checkpoint:
             from pipeline.registry import register_checkpoint
 
-            name, version = register_checkpoint(uri, config, *tracking, tags={"dataset_version": manifest.version,
-                                                                              "step": int(metrics.get("step", 0))})
-            registered = {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
-            print(f"registered {registered['uri']}")
-        finish_tracking(tracking, "FINISHED", {"checkpoint_uri": uri})
-    return {
-        "run_name": config.run.name,
-        "backend": "ray",
-        "num_workers": config.ray.num_workers,
-        "checkpoint": uri,
-        "step": int(metrics.pop("step", 0)),
-        "train_seconds": float(metrics.pop("train_seconds", 0.0)),
-        "artifacts": {k.removeprefix("artifact/"): metrics.pop(k) for k in list(metrics) if k.startswith("artifact/")},
-        "metrics": summary_metrics({k: v for k, v in metrics.items() if k.startswith(("eval/", "fid/"))}),
-        "mlflow": {"tracking_uri": tracking[0], "run_id": tracking[1]} if tracking else None,
-        "registered_model": registered,
-        "dataset_version": manifest.version,
-        "mlflow_unsent_metrics": int(metrics.get("tracking/unsent_metrics", 0)),
-    }
+            name, version = register_checkpoint(run.checkpoint, config, *tracking,
+                                                tags={"dataset_version": manifest.version, "step": run.step})
+            run.registered_model = {"name": name, "version": version, "uri": f"models:/{name}/{version}"}
+            print(f"registered {run.registered_model['uri']}")
+        finish_tracking(tracking, "FINISHED", {"checkpoint_uri": run.checkpoint})
+    return run
 
 
 def finish_tracking(tracking: tuple[str, str], status: str, tags: dict[str, Any]) -> None:
     """End the MLflow run; an unreachable server costs a warning, never the training run's result."""
-    from pipeline.datasets.storage import with_retries
+    from pipeline.storage import with_retries
 
     def finish() -> None:
         logger = RunLogger(*tracking)
@@ -296,37 +254,8 @@ def all_gather_rows(tensor: torch.Tensor, device: torch.device) -> list[torch.Te
     return [part[: int(c.item())].cpu() for part, c in zip(parts, counts)]
 
 
-def _resume_state(checkpoint_root: str, wait_s: float, rank: int) -> dict | None:
-    """The newest checkpoint of this run that passes its integrity check (older ones are tried in turn)."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    uri, state = load_newest_valid(checkpoint_root, Path(checkpoint.path).name, wait_s)
-    if rank == 0:
-        print(f"resuming {Path(checkpoint_root).name} from {uri} (step {state['trainer']['step']})", flush=True)
-    return state
-
-
-def upload_with_retries(checkpoint_root: str, wait_s: float):
-    """A ``checkpoint_upload_fn`` for ray.train.report: our own upload, retried with backoff while storage is
-    unreachable (Ray's own retries come back-to-back), the integrity record written last."""
-    import ray.train
-
-    def upload(checkpoint, checkpoint_dir_name: str):
-        storage = ray.train.get_context().get_storage()
-        destination = f"{storage.experiment_fs_path}/{checkpoint_dir_name}"
-        files = [(name, (Path(checkpoint.path) / name).read_bytes()) for name in CHECKPOINT_NAMES]
-        upload_folder(storage.storage_filesystem, destination, files, f"{checkpoint_root}/{checkpoint_dir_name}",
-                      wait_s)
-        return ray.train.Checkpoint(path=destination, filesystem=storage.storage_filesystem)
-
-    return upload
-
-
-def worker_main(loop_config: dict[str, Any]) -> None:
-    """The function every Ray Train worker runs."""
+def worker_main(loop_config: dict[str, Any]) -> dict[str, Any] | None:
+    """The function every Ray Train worker runs; returns the divergence report when the health guard stopped it."""
     import ray.train
     import ray.train.torch
 
@@ -358,7 +287,8 @@ def worker_main(loop_config: dict[str, Any]) -> None:
             logger.log_metrics(step, metrics)
         ray.train.report({"step": step, **metrics})
 
-    final_eval: dict[str, Any] = {}
+    final_eval: dict[str, float] = {}
+    final_artifacts: dict[str, Any] = {}
     evaluator = Evaluator(config, data.item_shape, reference=dataset_reference(loop_config["data_uri"], manifest),
                           rank=rank, world_size=world_size, device=device,
                           gather=lambda tensor: all_gather_rows(tensor, device))
@@ -369,6 +299,8 @@ def worker_main(loop_config: dict[str, Any]) -> None:
         """A periodic evaluation is reported by every rank (ray.train.report is collective), rank 0's metrics."""
         evaluate_now(step, trainer, final)
         if not final:
+            if logger and loop_config["flush_before_evaluation_reports"]:
+                logger.flush(faults.tracking_flush_s)
             ray.train.report({"step": step, **last_metrics, **periodic_eval})
             periodic_eval.clear()
 
@@ -386,23 +318,19 @@ def worker_main(loop_config: dict[str, Any]) -> None:
             periodic_eval.update(metrics)
         if final:
             final_eval.update(metrics)
-            final_eval.update({f"artifact/{k}": str(v) for k, v in artifacts.items()})
+            final_artifacts.update(artifacts)
 
     def checkpoint(step: int, state: dict, final: bool) -> None:
-        extra = {"train_seconds": state["extra"]["train_seconds"], **final_eval} if final else {}
-        if final and logger:
-            extra["tracking/unsent_metrics"] = logger.close(faults.tracking_flush_s)["unsent"]
-        saved = None
-        if rank == 0:
-            payload, record = serialize(state)
-            folder = Path(tempfile.mkdtemp(prefix="cdrl-checkpoint-"))
-            for name, content in checkpoint_files(payload, record):
-                (folder / name).write_bytes(content)
-            saved = ray.train.Checkpoint.from_directory(str(folder))
-        ray.train.report({"step": step, **last_metrics, **extra}, checkpoint=saved,
-                         checkpoint_upload_fn=upload_with_retries(checkpoint_root, faults.storage_wait_s))
+        report = {"step": step, **last_metrics}
+        if final:
+            unsent = logger.close(faults.tracking_flush_s)["unsent"] if logger else None
+            report = final_report(step, last_metrics, state["extra"]["train_seconds"], final_eval, final_artifacts,
+                                  unsent)
+        saved = checkpoints.staged_checkpoint(state) if rank == 0 else None
+        ray.train.report(report, checkpoint=saved,
+                         checkpoint_upload_fn=checkpoints.upload_with_retries(checkpoint_root, faults.storage_wait_s))
         if saved is not None:
-            shutil.rmtree(saved.path, ignore_errors=True)
+            checkpoints.discard_staged(saved)
 
     def health_event(step: int, kind: str, detail: str) -> None:
         if logger:
@@ -419,11 +347,15 @@ def worker_main(loop_config: dict[str, Any]) -> None:
                       health_event=health_event)
     warm_start = ray.get(loop_config["warm_start"]) if loop_config["warm_start"] is not None else None
     try:
-        result = run_training(config, data, ctx, hooks, resume=_resume_state(checkpoint_root, faults.storage_wait_s, rank),
+        result = run_training(config, data, ctx, hooks,
+                              resume=checkpoints.resume_state(checkpoint_root, faults.storage_wait_s, rank),
                               warm_start=warm_start)
     finally:
         if system_metrics:
             system_metrics.stop_system_metrics()
     if result.diverged:  # every rank stops here together; the driver turns this into one error line
-        extra = {"tracking/unsent_metrics": logger.close(faults.tracking_flush_s)["unsent"]} if logger else {}
-        ray.train.report({"step": result.trainer.step_count, "health/diverged": result.diverged, **extra})
+        unsent = logger.close(faults.tracking_flush_s)["unsent"] if logger else None
+        # Through the workers' return value (Result.return_value): Result.metrics holds only the metrics of
+        # the latest *checkpoint* report, and a diverged run reports no checkpoint.
+        return divergence_report(result.trainer.step_count, result.diverged, unsent)
+    return None

@@ -1,7 +1,7 @@
 """Reference feature statistics of a dataset version: computed once, stored beside its shards.
 
 ``DATA_URI/stats/EXTRACTOR.npz`` (local folder or s3://) holds the mean and covariance of the extractor's
-features over every row of the dataset (cdrl-algorithm.md §9), the dataset version and the extractor's
+features over every row of the dataset (docs/algorithm.md §9), the dataset version and the extractor's
 fingerprint; the manifest names the file under ``reference_stats``. A file whose version or fingerprint
 does not match (new data at the same URI, other Inception weights) is recomputed, never reused.
 """
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from cdrl.metrics.features import FeatureExtractor
 from cdrl.metrics.frechet import feature_statistics
-from pipeline.datasets import storage
+from pipeline import storage
 from pipeline.datasets.manifest import MANIFEST_NAME, Manifest
 from pipeline.datasets.reader import load_manifest, read_arrays
 

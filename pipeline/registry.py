@@ -71,7 +71,7 @@ class CdrlSampler(_pyfunc_base()):
         import torch
 
         from cdrl.factory import nets_from_checkpoint
-        from pipeline.checkpoint_io import read_checkpoint
+        from pipeline.checkpoints import read_checkpoint
 
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.config, self.nets, self.data_shape = nets_from_checkpoint(
@@ -123,7 +123,8 @@ def register_checkpoint(checkpoint: str, config: Config, tracking_uri: str, run_
     import yaml
     from mlflow import MlflowClient
 
-    from pipeline.datasets import storage
+    from pipeline import storage
+    from pipeline.checkpoints import checkpoint_file_uri
 
     name = model_name(config)
     client = MlflowClient(tracking_uri)
@@ -135,8 +136,7 @@ def register_checkpoint(checkpoint: str, config: Config, tracking_uri: str, run_
     mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as folder:
         local_checkpoint = Path(folder) / "checkpoint.pt"
-        local_checkpoint.write_bytes(storage.read_bytes(checkpoint if checkpoint.endswith(".pt") else
-                                                        storage.join(checkpoint, "checkpoint.pt")))
+        local_checkpoint.write_bytes(storage.read_bytes(checkpoint_file_uri(checkpoint)))
         config_file = Path(folder) / "config.yaml"
         config_file.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
         from cdrl.checkpoint import load_checkpoint

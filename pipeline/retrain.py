@@ -47,24 +47,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def newest_dataset(uri: str) -> str:
     """``uri`` if it holds a dataset, else its sub-folder whose manifest.json was written last."""
-    import pyarrow.fs as pafs
-
-    from pipeline.datasets import storage
+    from pipeline import storage
     from pipeline.datasets.errors import DatasetError
     from pipeline.datasets.manifest import MANIFEST_NAME
 
     if storage.exists(storage.join(uri, MANIFEST_NAME)):
         return uri
-    filesystem, path = storage.resolve(uri)
-    folders = [info.path for info in filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-               if info.type == pafs.FileType.Directory]
-    manifests = [info for info in filesystem.get_file_info([f"{folder}/{MANIFEST_NAME}" for folder in folders])
-                 if info.type == pafs.FileType.File]
+    if not storage.is_s3(uri):
+        uri = storage.resolve(uri)[1]  # local datasets are named by absolute path
+    manifests = storage.modified_ns([storage.join(storage.join(uri, folder), MANIFEST_NAME)
+                                     for folder in storage.list_folders(uri)])
     if not manifests:
         raise DatasetError(f"{uri}: neither a prepared dataset nor a folder of datasets (no {MANIFEST_NAME}); "
                            "run pipeline/prepare_data.py")
-    newest = max(manifests, key=lambda info: info.mtime_ns).path.rsplit("/", 1)[0]
-    return f"s3://{newest}" if storage.is_s3(uri) else newest
+    return max(manifests, key=manifests.get).rsplit("/", 1)[0]
 
 
 def up_to_date(name: str, dataset_version: str, digest: str, uri: str) -> str | None:
@@ -81,7 +77,7 @@ def up_to_date(name: str, dataset_version: str, digest: str, uri: str) -> str | 
 
 def warm_start_for(config: Config, name: str, uri: str) -> tuple[dict | None, str]:
     """(weights, where from): the champion's weights if it exists, warm starts are on and its nets fit."""
-    from pipeline.checkpoint_io import read_checkpoint
+    from pipeline.checkpoints import read_checkpoint
     from pipeline.loop import warm_start_weights
     from pipeline.registry import CHAMPION, alias_version, checkpoint_for_model_uri
 
@@ -95,7 +91,8 @@ def warm_start_for(config: Config, name: str, uri: str) -> tuple[dict | None, st
     return warm_start_weights(checkpoint), f"champion models:/{name}/{champion.version} (step {checkpoint['trainer']['step']})"
 
 
-def train(config: Config, backend: str, data_uri: str, manifest, warm_start: dict | None) -> dict:
+def train(config: Config, backend: str, data_uri: str, manifest, warm_start: dict | None):
+    """Train with ``backend`` as pipeline/train.py does; returns the ``pipeline.run_result.RunResult``."""
     if backend == "local":
         from pipeline.local_backend import train_locally
 
@@ -107,7 +104,8 @@ def train(config: Config, backend: str, data_uri: str, manifest, warm_start: dic
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Bad input (exit 2, one line), as opposed to a retrain that failed (exit 1)."""
-    from pipeline.datasets.errors import DatasetError, StorageError
+    from pipeline.datasets.errors import DatasetError
+    from pipeline.storage import StorageError
     from pipeline.model_ref import ModelRefError  # registry.RegistryError is one
     from pipeline.tracking import TrackingError
 
@@ -167,20 +165,20 @@ def retrain(config: Config, args: argparse.Namespace, uri: str, data_uri: str, m
         overrides.append(f"train.iterations={config.retrain.iterations}")
     run_config = load_config(args.config, args.overrides + overrides)
     print(f"training {run_name} from {origin}")
-    summary = train(run_config, args.backend, data_uri, manifest, warm_start)
+    result = train(run_config, args.backend, data_uri, manifest, warm_start)
     tags = {"dataset_version": manifest.version, "data_uri": data_uri, "retrain.warm_start": origin}
-    if summary.get("mlflow"):
-        run_id = summary["mlflow"]["run_id"]
+    if result.mlflow_run_id:
+        run_id = result.mlflow_run_id
         RunLogger(uri, run_id).set_tags({**tags, **source_tags("pipeline/retrain.py"), RUN_KIND_TAG: "retrain"})
     else:  # the local backend does not track: the retrain run holds the model and the decision
-        _, run_id = start_run(run_config, {**tags, "checkpoint_uri": summary["checkpoint"]},
+        _, run_id = start_run(run_config, {**tags, "checkpoint_uri": result.checkpoint},
                               entry_point="pipeline/retrain.py", kind="retrain", dataset=(data_uri, manifest))
         RunLogger(uri, run_id).finish()
     num_samples = config.retrain.eval_num_samples or config.eval.num_samples
     workers = 0 if args.backend == "local" else None  # Ray: the cluster the training ran on
-    report = evaluate_model(summary["checkpoint"], num_samples, config.eval.seed, tracking_uri=uri,
+    report = evaluate_model(result.checkpoint, num_samples, config.eval.seed, tracking_uri=uri,
                             data_uri=data_uri, workers=workers)
-    decision = promote(run_config, uri, run_id, summary["checkpoint"], report, manifest.version,
+    decision = promote(run_config, uri, run_id, result.checkpoint, report, manifest.version,
                        version_tags={CONFIG_TAG: digest}, workers=workers)
     champion = decision.challenger_version if decision.promoted else decision.champion_version
     print(f"{'promoted' if decision.promoted else 'kept'}: {decision.reason}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cdrl.config import Config
-from pipeline.datasets import storage
+from pipeline import storage
 from pipeline.datasets.catalog import open_source
 from pipeline.datasets.manifest import MANIFEST_NAME, Manifest
 from pipeline.datasets.reader import validate_dataset

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from pipeline.datasets.storage import StorageError
+from pipeline.storage import StorageError
 
 _STORAGE_LINE = re.compile(r"storage \S+ \(S3 endpoint [^)]*\) unreachable for [^\n]*")
 

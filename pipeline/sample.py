@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from cdrl.config import ConfigError  # noqa: E402
 from cdrl.factory import build_levels, build_sampler, nets_from_checkpoint  # noqa: E402
 from cdrl.generation import Conditioning  # noqa: E402
-from pipeline.checkpoint_io import read_checkpoint  # noqa: E402
+from pipeline.checkpoints import read_checkpoint  # noqa: E402
 from pipeline.cli import Parser, run_main  # noqa: E402
 from pipeline.model_ref import ModelRefError, resolve_checkpoint  # noqa: E402
 
@@ -97,6 +97,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.datasets.errors import StorageError
+    from pipeline.storage import StorageError
 
     run_main(main, (ConfigError, FileNotFoundError, ValueError, StorageError, ModelRefError))  # RegistryError is one

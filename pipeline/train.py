@@ -63,6 +63,20 @@ def check_backend(config, backend: str) -> None:
         raise ConfigError("data.horizontal_flip: only image data (C, H, W) can be flipped")
 
 
+def check_method_fits_data(config) -> None:
+    """Methods that cannot train on this data's size, refused before any data is touched."""
+    import math
+
+    from cdrl.objectives.score_matching import EXACT_MAX_DIMS
+
+    if config.method != "exact_sm":
+        return
+    dims = math.prod(data_shape_for(config))  # a manifest read for data.uri: only for the method that needs it
+    if dims > EXACT_MAX_DIMS:
+        raise ConfigError(f"method: exact_sm is for data of at most {EXACT_MAX_DIMS} dimensions (one backward pass "
+                          f"per dimension), {config.data.name} has {dims}; use sliced_sm or dsm")
+
+
 KNOWN_SHAPES = {"digits": (1, 8, 8), "patches": (3, 32, 32), "cifar10": (3, 32, 32), "imagenet32": (3, 32, 32)}
 
 
@@ -91,7 +105,7 @@ def dry_run(config) -> dict:
 def warm_start_from(ref: str, config) -> dict | None:
     """The weights (``pipeline.loop.warm_start_weights``) of model ``ref``, checked to fit ``config``'s nets;
     None when ``ref`` is a registered alias that does not exist yet."""
-    from pipeline.checkpoint_io import read_checkpoint
+    from pipeline.checkpoints import read_checkpoint
     from pipeline.loop import warm_start_weights
     from pipeline.model_ref import resolve_checkpoint
     from pipeline.registry import alias_version, parse_model_uri
@@ -115,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config(args.config, args.overrides)
     check_backend(config, args.backend)
+    check_method_fits_data(config)
     if args.dry_run:
         import yaml
 
@@ -133,29 +148,31 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend == "local":
             from pipeline.local_backend import train_locally
 
-            summary = train_locally(config, data_uri, manifest, warm_start)
+            result = train_locally(config, data_uri, manifest, warm_start)
         else:
             from pipeline.ray_backend import train_on_ray
 
-            summary = train_on_ray(config, data_uri, manifest, warm_start)
-        summary["param_counts"] = dry_run(config)["param_counts"]
-        print_summary(summary)
+            result = train_on_ray(config, data_uri, manifest, warm_start)
+        print_result(result)
+        summary = {**result.to_summary(), "param_counts": dry_run(config)["param_counts"]}
     if args.summary:
         write_json(args.summary, summary)
     return 0
 
 
-def print_summary(summary: dict) -> None:
-    print(f"\nrun {summary['run_name']}: step {summary['step']} in {summary['train_seconds']:.0f}s")
-    for key, value in summary["metrics"].items():
+def print_result(result) -> None:
+    """The end of a run's output: step, time, final metrics, checkpoint and artifacts (a ``RunResult``)."""
+    print(f"\nrun {result.run_name}: step {result.step} in {result.train_seconds:.0f}s")
+    for key, value in result.metrics.items():
         print(f"  {key}: {value:.4g}")
-    print(f"  checkpoint: {summary['checkpoint']}")
-    for name, path in summary["artifacts"].items():
+    print(f"  checkpoint: {result.checkpoint}")
+    for name, path in result.artifacts.items():
         print(f"  {name}: {path}")
 
 
 if __name__ == "__main__":
-    from pipeline.datasets.errors import DatasetError, StorageError
+    from pipeline.datasets.errors import DatasetError
+    from pipeline.storage import StorageError
     from pipeline.health_guard import TrainingDiverged
     from pipeline.run_failures import InfrastructureFailure
     from pipeline.tracking import TrackingError

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.stack import LocalStack
+from infra.local.stack import LocalStack
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.common import BenchmarkError
-from benchmarks.toy_quality import Condition, check_bar, parse_bar, report_bandwidths
+from benchmarks.toy_quality import check_bar, parse_bar, report_bandwidths
+from pipeline.metric_conditions import MetricCondition
 from tests.conftest import TINY_TOY as CONFTEST_TINY_TOY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,8 +100,8 @@ def test_toy_quality_writes_curve_and_time_to_bar(tmp_path):
 
 def test_bar_parsing_and_checks():
     bar = parse_bar("in_support>=0.90, balance<=0.03,mmd_bw0.5<1e-3")
-    assert bar == [Condition("in_support", ">=", 0.9), Condition("balance", "<=", 0.03),
-                   Condition("mmd_bw0.5", "<", 1e-3)]
+    assert bar == [MetricCondition("in_support", ">=", 0.9), MetricCondition("balance", "<=", 0.03),
+                   MetricCondition("mmd_bw0.5", "<", 1e-3)]
     assert report_bandwidths(bar) == (0.5, 1.0)
     check_bar(bar, "8squares", report_bandwidths(bar))
     assert bar[0].holds({"in_support": 0.9}) and not bar[1].holds({"balance": 0.031})

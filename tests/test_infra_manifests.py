@@ -7,6 +7,7 @@ repository: the script exists, the config exists, and ``cdrl.config.load_config`
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shlex
 import tomllib
@@ -294,10 +295,16 @@ def test_train_overrides_are_valid_config_keys(inv):
 
 # ------------------------------------------------------------------------------------ ray_cluster.yaml
 def test_ray_cluster_yaml_passes_rays_own_validation():
-    """What `ray up` runs before it contacts AWS: defaults merged, then the launcher's JSON schema."""
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    """What `ray up` checks before it contacts AWS: defaults merged (the public ``ray.autoscaler.sdk``), then the
+    launcher's JSON schema (``ray-schema.json``, shipped with Ray), and the head node type exists."""
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler.sdk import fillout_defaults
 
-    validate_config(prepare_config(copy.deepcopy(documents(CLUSTER_LAUNCHER)[0])))
+    config = fillout_defaults(copy.deepcopy(documents(CLUSTER_LAUNCHER)[0]))
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)
+    assert config["head_node_type"] in config["available_node_types"]
 
 
 def test_ray_cluster_yaml_is_a_gpu_cluster_on_aws():

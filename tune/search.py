@@ -101,7 +101,7 @@ def inputs_fingerprint(base: dict[str, Any], space: SearchSpace, num_samples: in
 
 def check_same_inputs(experiment_path: str, inputs: dict[str, Any], name: str) -> bool:
     """True when a search of this name exists (with the same inputs); a different one is an error."""
-    from pipeline.datasets import storage
+    from pipeline import storage
 
     uri = storage.join(experiment_path, INPUTS_FILE)
     if not storage.exists(uri):
@@ -179,22 +179,34 @@ def free_port() -> int:
 
 
 # ------------------------------------------------------------------------------------------------ search
+def search_algorithm(space: SearchSpace, base: dict[str, Any], max_concurrent: int):
+    """The searcher: Optuna, or with ``baseline: true`` a variant generator whose first point is the base
+    config's own values; None leaves Tune's default random variant generator."""
+    from ray.tune.search import BasicVariantGenerator
+
+    points = [space.baseline_point(base)] if space.baseline else None  # counts as one of the num_samples
+    if space.algorithm == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except (ImportError, AssertionError) as err:
+            raise SearchError(f"{space.path}: algorithm 'optuna' needs `pip install optuna` ({err})") from err
+        return OptunaSearch(points_to_evaluate=points)  # Tune wraps a Searcher in a ConcurrencyLimiter
+    if points is None:
+        return None
+    # A variant generator of our own must carry the concurrency limit itself: Tune applies
+    # max_concurrent_trials only to Searchers and to the generator it creates when none is given.
+    return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=max_concurrent)
+
+
 def build_tuner(experiment_path: str, storage_root: str, name: str, trainable, space: SearchSpace,
-                num_samples: int, max_concurrent: int, callbacks: list, resume: bool):
+                num_samples: int, max_concurrent: int, callbacks: list, resume: bool, base: dict[str, Any]):
     from ray import tune
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
     if resume:
         print(f"resuming search {name!r} from {experiment_path}")
         return tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
-    search_alg = None
-    if space.algorithm == "optuna":
-        try:
-            from ray.tune.search.optuna import OptunaSearch
-
-            search_alg = OptunaSearch()
-        except (ImportError, AssertionError) as err:
-            raise SearchError(f"{space.path}: algorithm 'optuna' needs `pip install optuna` ({err})") from err
+    search_alg = search_algorithm(space, base, max_concurrent)
     scheduler = AsyncHyperBandScheduler(time_attr=TIME_ATTR, max_t=space.budget_s, grace_period=space.grace_period_s,
                                         reduction_factor=space.reduction_factor)
     return tune.Tuner(
@@ -275,10 +287,35 @@ def trial_curves(results, space: SearchSpace) -> dict[str, list[dict[str, float]
 
 
 def best_trial(records: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
-    scored = [r for r in records if r["objective"] is not None and math.isfinite(r["objective"])]
+    """The trial with the best objective; ties go to the lowest trial id, so a resumed search (whose trials Tune
+    may list in another order) names the same best trial as the run that finished it."""
+    scored = sorted((r for r in records if r["objective"] is not None and math.isfinite(r["objective"])),
+                    key=lambda r: r["trial_id"])
     if not scored:
         return None
     return (max if mode == "max" else min)(scored, key=lambda r: r["objective"])
+
+
+def baseline_trial(records: list[dict[str, Any]], space: SearchSpace, base: dict[str, Any]) -> dict[str, Any] | None:
+    """The trial that ran the base config's own values (``baseline: true`` in the space), if any."""
+    if not space.baseline:
+        return None
+    point = space.baseline_point(base)
+    return next((r for r in records if all(r["params"].get(k) == v for k, v in point.items())), None)
+
+
+def versus_baseline(best: dict[str, Any] | None, baseline: dict[str, Any] | None,
+                    curves: dict[str, list[dict[str, float]]], mode: str) -> dict[str, Any] | None:
+    """Best trial against the baseline at the same training time: the baseline's last report (ASHA may have
+    stopped it early), and the best trial's objective at that time from its curve."""
+    if not best or not baseline or baseline["objective"] is None or baseline["train_seconds"] is None:
+        return None
+    seconds = baseline["train_seconds"]
+    earlier = [p["objective"] for p in curves.get(best["trial_id"], []) if p["train_seconds"] <= seconds + 1e-6]
+    best_objective = earlier[-1] if earlier else best["objective"]
+    better = best_objective > baseline["objective"] if mode == "max" else best_objective < baseline["objective"]
+    return {"train_seconds": seconds, "baseline_objective": baseline["objective"], "best_objective": best_objective,
+            "best_beats_baseline": best["trial_id"] != baseline["trial_id"] and better}
 
 
 def best_config_yaml(user_config: Config, best: dict[str, Any], name: str, space: SearchSpace) -> str:
@@ -307,7 +344,7 @@ def print_table(records: list[dict[str, Any]], space: SearchSpace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from pipeline.datasets import storage
+    from pipeline import storage
 
     user_config = load_config(args.config, args.overrides)
     space = load_space(args.space, user_config, args.budget_s)
@@ -341,15 +378,17 @@ def main(argv: list[str] | None = None) -> int:
                                     {"CPU": TRIAL_DRIVER_CPU})
     total = args.num_samples * num_grid_points(space)
     tuner = build_tuner(experiment_path, storage_root, name, trainable, space, args.num_samples, args.max_concurrent,
-                        [progress_callback(total)], resume)
+                        [progress_callback(total)], resume, base)
     results = tuner.fit()
     records = trial_records(experiment_path, space, base)
     interrupted = len(records) < total or any(r["status"] in ("PENDING", "RUNNING", "PAUSED") for r in records)
     best = best_trial(records, space.mode)
+    baseline = baseline_trial(records, space, base)
+    curves = trial_curves(results, space)
     if tracking:
         from tune.tracking import child_runs, close_children, finish_parent, log_search_summary
 
-        close_children(*tracking, records, trial_curves(results, space))
+        close_children(*tracking, records, curves)
         if best:
             run = child_runs(*tracking).get(best["trial_id"])
             best["child_run_id"] = run.info.run_id if run else None
@@ -357,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                "budget_s": space.budget_s, "eval_every_s": space.eval_every_s, "num_trials": len(records),
                "num_early_stopped": sum(r["early_stopped"] for r in records),
                "num_errored": sum(r["status"] == "ERROR" for r in records), "interrupted": interrupted,
-               "best": best, "trials": records,
+               "best": best, "baseline": baseline,
+               "versus_baseline": versus_baseline(best, baseline, curves, space.mode), "trials": records,
                "mlflow": {"tracking_uri": tracking[0], "parent_run_id": tracking[1]} if tracking else None}
     print_table(records, space)
     best_yaml = best_config_yaml(user_config, best, name, space) if best and not interrupted else None
@@ -369,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
         summary["best_config"] = str(Path(best_out).absolute())
         print(f"\nbest trial {best['trial_id']}: {space.metric} = {best['metric']:.4g} (objective "
               f"{best['objective']:.4g}); config written to {best_out}")
+        versus = summary["versus_baseline"]
+        if versus:
+            verdict = "beats" if versus["best_beats_baseline"] else "does not beat"
+            print(f"at {versus['train_seconds']:.0f} training seconds the best trial ({versus['best_objective']:.4g}) "
+                  f"{verdict} the baseline {baseline['trial_id']}, the base config's own values "
+                  f"({versus['baseline_objective']:.4g})")
     if tracking:
         log_search_summary(*tracking, summary, best_yaml)
         finish_parent(*tracking, interrupted)
@@ -381,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.datasets.errors import DatasetError, StorageError
+    from pipeline.datasets.errors import DatasetError
+    from pipeline.storage import StorageError
     from pipeline.tracking import TrackingError
 
     run_main(main, (ConfigError, SearchError, DatasetError, StorageError, TrackingError, FileNotFoundError))

@@ -9,6 +9,8 @@
     eval_every_s: 30                 # trials report the metric every this many training seconds
     grace_period_s: 60               # ASHA stops no trial before this much training
     reduction_factor: 3              # ASHA keeps the best 1/reduction_factor at each rung
+    baseline: true                   # the first trial runs the base config's own values of the params, so the
+                                     # summary says whether the search beat it (no grid params then)
     trial:                           # config overrides for trials only (resources, caps); not in the best config
       ray.num_workers: 1
     params:                          # dotted config keys -> one distribution each
@@ -24,43 +26,25 @@ from __future__ import annotations
 
 import copy
 import math
-import operator
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from cdrl.config import Config, ConfigError, config_from_dict, flatten
+from pipeline.metric_conditions import EXPECTED, MetricCondition, parse_condition
 
 OBJECTIVE = "tune/objective"  # what ASHA and the searcher rank: the metric, penalised when a constraint breaks
 TIME_ATTR = "train_seconds"  # trials' own progress measure (training seconds; monotonic across resumes)
 ALGORITHMS = ("random", "optuna")
 DISTRIBUTIONS = ("choice", "grid", "uniform", "loguniform", "randint")
 SPACE_KEYS = {"metric", "mode", "constraints", "penalty", "algorithm", "budget_s", "eval_every_s", "grace_period_s",
-              "reduction_factor", "trial", "params"}
-_COMPARE: dict[str, Callable[[float, float], bool]] = {">=": operator.ge, "<=": operator.le, ">": operator.gt,
-                                                      "<": operator.lt}
-_CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w./]*)\s*(>=|<=|>|<)\s*([-+]?[\d.]+(?:[eE][-+]?\d+)?)\s*$")
+              "reduction_factor", "baseline", "trial", "params"}
 
 
 class SearchError(ValueError):
     """A bad search space, search option or resource request; the message names the file or option."""
-
-
-@dataclass(frozen=True)
-class Constraint:
-    metric: str
-    op: str
-    threshold: float
-
-    def holds(self, result: dict[str, Any]) -> bool:
-        value = result.get(self.metric)
-        return value is not None and math.isfinite(value) and _COMPARE[self.op](value, self.threshold)
-
-    def __str__(self) -> str:
-        return f"{self.metric}{self.op}{self.threshold:g}"
 
 
 @dataclass
@@ -69,7 +53,7 @@ class SearchSpace:
     metric: str
     mode: str
     params: dict[str, dict[str, Any]]
-    constraints: list[Constraint] = field(default_factory=list)
+    constraints: list[MetricCondition] = field(default_factory=list)
     penalty: float = 1.0
     algorithm: str = "random"
     budget_s: float = 300.0
@@ -77,6 +61,11 @@ class SearchSpace:
     grace_period_s: float = 60.0
     reduction_factor: float = 3.0
     trial: dict[str, Any] = field(default_factory=dict)
+    baseline: bool = False
+
+    def baseline_point(self, base: dict[str, Any]) -> dict[str, Any]:
+        """The base config's own values of the searched keys: the trial the search has to beat."""
+        return {key: get_dotted(base, key) for key in self.params}
 
     def objective(self, result: dict[str, Any]) -> float:
         """The metric, minus (max) / plus (min) ``penalty`` when a constraint breaks; non-finite = the worst."""
@@ -112,11 +101,11 @@ def _fail(path: str, message: str) -> SearchError:
     return SearchError(f"{path}: {message}")
 
 
-def parse_constraint(path: str, text: Any) -> Constraint:
-    match = _CONSTRAINT.match(str(text))
-    if not match:
-        raise _fail(path, f"constraints: cannot read {text!r} (expected METRIC<=NUMBER, >=, < or >)")
-    return Constraint(match[1], match[2], float(match[3]))
+def parse_constraint(path: str, text: Any) -> MetricCondition:
+    constraint = parse_condition(text)
+    if constraint is None:
+        raise _fail(path, f"constraints: cannot read {text!r} (expected {EXPECTED})")
+    return constraint
 
 
 def _number(path: str, key: str, value: Any) -> float:
@@ -157,6 +146,12 @@ def _candidates(path: str, key: str, spec: Any) -> list[Any]:
         raise _fail(path, f"params.{key}: loguniform needs low > 0, got {arg[0]}")
     spec[kind] = [low, high]
     return [low, high]
+
+
+def get_dotted(tree: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
 
 
 def with_values(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -228,7 +223,12 @@ def load_space(path: str | Path, base: Config, budget_s: float | None = None) ->
         eval_every_s=_number(path, "eval_every_s", raw.get("eval_every_s", 30.0)),
         grace_period_s=_number(path, "grace_period_s", raw.get("grace_period_s", 60.0)),
         reduction_factor=_number(path, "reduction_factor", raw.get("reduction_factor", 3.0)), trial=trial,
+        baseline=raw.get("baseline", False),
     )
+    if not isinstance(space.baseline, bool):
+        raise _fail(path, f"baseline: must be true or false, got {space.baseline!r}")
+    if space.baseline and any("grid" in spec for spec in params.values()):
+        raise _fail(path, "baseline: cannot be combined with grid params (a grid already fixes every trial)")
     if space.budget_s <= 0:
         raise _fail(path, f"budget_s: {space.budget_s:g} must be > 0")
     if not 0 < space.eval_every_s <= space.budget_s:
@@ -245,4 +245,5 @@ def space_summary(space: SearchSpace) -> dict[str, Any]:
     return {"metric": space.metric, "mode": space.mode, "constraints": [str(c) for c in space.constraints],
             "penalty": space.penalty, "algorithm": space.algorithm, "budget_s": space.budget_s,
             "eval_every_s": space.eval_every_s, "grace_period_s": space.grace_period_s,
-            "reduction_factor": space.reduction_factor, "trial": space.trial, "params": space.params}
+            "reduction_factor": space.reduction_factor, "baseline": space.baseline, "trial": space.trial,
+            "params": space.params}

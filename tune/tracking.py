@@ -78,6 +78,11 @@ def log_search_summary(uri: str, parent_run_id: str, summary: dict[str, Any], be
         if best.get("metric") is not None:
             metrics[f"best/{summary['metric']}"] = best["metric"]
         logger.set_tags({"tune.best_trial_id": best["trial_id"], "tune.best_child_run_id": best.get("child_run_id", "")})
+    versus = summary.get("versus_baseline")
+    if versus:
+        metrics["tune/baseline_objective"] = versus["baseline_objective"]
+        logger.set_tags({"tune.baseline_trial_id": summary["baseline"]["trial_id"],
+                         "tune.best_beats_baseline": str(versus["best_beats_baseline"]).lower()})
     logger.log_metrics(0, metrics)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "search_summary.json"

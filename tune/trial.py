@@ -59,4 +59,5 @@ def run_trial(params: dict[str, Any], base: dict[str, Any], space: SearchSpace, 
     config = trial_config(base, space, params, trial_id, search["train_storage"])
     data_uri, manifest = dataset_for_run(config)  # data.uri is set by the search: validated, never rewritten
     tags = {PARENT_TAG: search["parent_run_id"], SEARCH_TAG: search["name"], TRIAL_TAG: trial_id}
-    train_on_ray(config, data_uri, manifest, run_callbacks=[TrialReporter(space)], tracking_tags=tags)
+    train_on_ray(config, data_uri, manifest, run_callbacks=[TrialReporter(space)], tracking_tags=tags,
+                 stoppable_at_evaluations=True)  # ASHA kills a trial at an evaluation report

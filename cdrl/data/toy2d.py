@@ -1,4 +1,4 @@
-"""2-D toy distributions. ``8squares`` is the paper's toy (cdrl-algorithm.md §11), raw scale ±8."""
+"""2-D toy distributions. ``8squares`` is the paper's toy (docs/algorithm.md §11), raw scale ±8."""
 from __future__ import annotations
 
 import numpy as np

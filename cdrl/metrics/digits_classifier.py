@@ -1,6 +1,6 @@
 """A small CNN classifier of scikit-learn's 8×8 digits: the feature extractor behind "digits-FID".
 
-FID's Inception (cdrl-algorithm.md §9) sees 8×8 digits as a few blurry pixels at 299×299; a classifier
+FID's Inception (docs/algorithm.md §9) sees 8×8 digits as a few blurry pixels at 299×299; a classifier
 trained on the digits themselves gives features that separate real from poor digits. Its penultimate layer
 (``features``, 128-d) feeds the Fréchet distance ("digits-FID"); its logits give a class accuracy for
 generated digits (guidance, inpainting).

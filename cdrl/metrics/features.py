@@ -1,4 +1,4 @@
-"""Feature extractors behind one interface, for Fréchet distances between sample sets (cdrl-algorithm.md §9).
+"""Feature extractors behind one interface, for Fréchet distances between sample sets (docs/algorithm.md §9).
 
 ``inception``: FID's InceptionV3 pool3 (2048-d), for RGB images (grey images repeated to 3 channels).
 ``digits``: the penultimate layer (128-d) of a CNN trained on scikit-learn's 8×8 digits ("digits-FID").

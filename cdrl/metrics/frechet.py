@@ -1,4 +1,4 @@
-"""The Fréchet distance between Gaussians fitted to features: the formula behind FID (cdrl-algorithm.md §9).
+"""The Fréchet distance between Gaussians fitted to features: the formula behind FID (docs/algorithm.md §9).
 
 FID applies it to InceptionV3 pool3 features, digits-FID to a digits classifier's features (both in
 ``cdrl.metrics.features``). scipy (a dependency of scikit-learn) provides the matrix square root.

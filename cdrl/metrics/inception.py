@@ -1,6 +1,6 @@
 """The FID InceptionV3 (pool3, 2048-d) in plain torch.nn, loading the standard FID weights unchanged.
 
-FID (cdrl-algorithm.md §9) is defined on the features of TensorFlow's 2015-12-05 Inception graph. Its usual
+FID (docs/algorithm.md §9) is defined on the features of TensorFlow's 2015-12-05 Inception graph. Its usual
 PyTorch port ships that graph's weights as ``pt_inception-2015-12-05-6726825d.pth``, whose state-dict keys
 follow torchvision's ``Inception3`` names (``Conv2d_1a_3x3.conv.weight``, ``Mixed_5b.branch1x1.bn.*``,
 ``fc.weight`` of shape [1008, 2048], no ``AuxLogits``). This module rebuilds that network with the same

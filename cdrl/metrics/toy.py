@@ -1,4 +1,4 @@
-"""Metrics for 2-D toy samples (cdrl-algorithm.md §11, §15).
+"""Metrics for 2-D toy samples (docs/algorithm.md §11, §15).
 
 §15 found kernel MMD at its noise floor for any reasonably trained toy model, so the discriminating
 metrics for ``8squares`` are the in-support fraction and the per-square balance; MMD is kept as a

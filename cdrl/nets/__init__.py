@@ -1,4 +1,4 @@
-"""Networks: energy nets F_θ(y, λ[, c]) and initializers g_φ(x_t, λ[, c]) (cdrl-algorithm.md §5).
+"""Networks: energy nets F_θ(y, λ[, c]) and initializers g_φ(x_t, λ[, c]) (docs/algorithm.md §5).
 
 Every energy net has ``condition(logsnr, labels)`` (x-independent work, done once per Langevin chain),
 ``energy(y, condition)`` → (B,) and ``forward(y, logsnr, labels)``. Every initializer has

@@ -1,4 +1,4 @@
-"""Time and label embeddings shared by every network (cdrl-algorithm.md §5.1, §8)."""
+"""Time and label embeddings shared by every network (docs/algorithm.md §5.1, §8)."""
 from __future__ import annotations
 
 import math

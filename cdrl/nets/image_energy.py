@@ -1,4 +1,4 @@
-"""The image energy network F_θ(y, λ[, c]) used for CIFAR-10 and ImageNet 32×32 (cdrl-algorithm.md §5.4)."""
+"""The image energy network F_θ(y, λ[, c]) used for CIFAR-10 and ImageNet 32×32 (docs/algorithm.md §5.4)."""
 from __future__ import annotations
 
 import torch
@@ -84,7 +84,7 @@ class ImageEnergyNet(nn.Module):
     def energy(self, y: torch.Tensor, condition: list[torch.Tensor]) -> torch.Tensor:
         *block_features, head_vector = condition
         time_features = iter(block_features)
-        h = self.input(y)
+        h = full_precision(self.input, y)
         for index, blocks in enumerate(self.resolutions):
             for block in blocks:
                 h = block(h, next(time_features))

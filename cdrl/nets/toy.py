@@ -94,10 +94,10 @@ class ToyInitializer(nn.Module):
 
     def forward(self, x_t: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.time_embedding(logsnr, labels)
-        h = self.input(x_t)
+        h = full_precision(self.input, x_t)  # raw ±8 coordinates: bf16 would round them to 1/16
         for block in self.blocks:
             h = block(h, temb)
-        return x_t + self.output(F.silu(h))
+        return x_t + full_precision(self.output, F.silu(h))
 
 
 class _InitializerBlock(nn.Module):

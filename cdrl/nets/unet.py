@@ -1,4 +1,4 @@
-"""The image initializer g_φ(x_t, λ_t[, c]): a DDPM-style UNet with a residual output (cdrl-algorithm.md §4, §5.5)."""
+"""The image initializer g_φ(x_t, λ_t[, c]): a DDPM-style UNet with a residual output (docs/algorithm.md §4, §5.5)."""
 from __future__ import annotations
 
 import torch
@@ -6,6 +6,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cdrl.nets.embedding import TimeLabelEmbedding
+from cdrl.nets.precision import full_precision
 
 
 def _zero_weight(conv: nn.Conv2d) -> nn.Conv2d:
@@ -188,7 +189,7 @@ class UNetInitializer(nn.Module):
 
     def forward(self, x_t: torch.Tensor, logsnr: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         temb = self.time_embedding(logsnr, labels)
-        h = self.input(x_t)
+        h = full_precision(self.input, x_t)
         skips = [h]
         for level in self.down:
             h = level(h, temb, skips)
@@ -196,4 +197,4 @@ class UNetInitializer(nn.Module):
             h = block(h, temb)
         for level in self.up:
             h = level(h, temb, skips)
-        return x_t + self.output(F.silu(self.output_norm(h)))
+        return x_t + full_precision(self.output, F.silu(self.output_norm(h)))

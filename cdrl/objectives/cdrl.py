@@ -1,6 +1,6 @@
 """Cooperative Diffusion Recovery Likelihood (Zhu et al., ICLR 2024): one training step's losses.
 
-cdrl-algorithm.md §2 (shared-noise pairs, recovery-likelihood EBM loss), §3 (Langevin), §4 (initializer
+docs/algorithm.md §2 (shared-noise pairs, recovery-likelihood EBM loss), §3 (Langevin), §4 (initializer
 proposal and its loss on the refined samples), §6 (order of operations), §8 (label dropout).
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from torch import nn
 
 from cdrl.health import per_level_max
 from cdrl.langevin import langevin_refine
+from cdrl.nets.precision import float32_region
 from cdrl.objectives.base import ObjectiveOutput, spectral_norm_power_step, unwrap
 from cdrl.perf import EnergyCall, plain_energy
 from cdrl.schedule import LevelTable
@@ -35,7 +36,8 @@ class CooperativeRecoveryLikelihood:
     2. Proposal y⁰ = g_φ(x_t, λ_t) + sqrt(m_t β̃_t)·ξ′ (§4), refined by Langevin on the current EBM (§3).
     3. L_EBM = mean w_t·(F(y⁻) − F(y⁺)) with y⁺ = sqrt(m_t)·x_{t-1} (§2);
        L_init = mean ‖sg(y⁻) − y⁰‖² summed over dimensions (§4).
-    Positive and negative energies share one forward; spectral norm steps once per call (§6).
+    Positive and negative energies share one forward, in float32 under mixed precision (cdrl/nets/precision.py);
+    spectral norm steps once per call (§6).
     """
 
     network_names = ("energy_net", "initializer")
@@ -92,7 +94,9 @@ class CooperativeRecoveryLikelihood:
         y_positive = scale * x_prev
 
         both_labels = None if c is None else torch.cat([c, c])
-        energies = energy_net(torch.cat([y_positive, y_negative]), torch.cat([logsnr_prev, logsnr_prev]), both_labels)
+        with float32_region(x):  # F(y⁻) − F(y⁺) is a small difference of large energies
+            energies = energy_net(torch.cat([y_positive, y_negative]).float(), torch.cat([logsnr_prev, logsnr_prev]),
+                                  both_labels)
         energy_positive, energy_negative = energies[:batch], energies[batch:]
         weight = lv.loss_weight[t]
         energy_loss = (weight * (energy_negative - energy_positive)).mean()

@@ -1,6 +1,6 @@
 """Diffusion Recovery Likelihood (Gao et al., ICLR 2021, "Learning Energy-Based Models by Diffusion Recovery
 Likelihood"): CDRL's recovery-likelihood loss with each chain started at the noisy observation itself,
-y⁰ = x_t, and no initializer network (cdrl-algorithm.md §14). DRL's step sizes are the "image" step rule
+y⁰ = x_t, and no initializer network (docs/algorithm.md §14). DRL's step sizes are the "image" step rule
 with c0 = b²/2 = 1e-4 and its chains 30 steps long (pipeline/configs/drl_*.yaml).
 """
 from __future__ import annotations

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cdrl.config import LearnedSamplerConfig
+from cdrl.nets.precision import float32_region
 from cdrl.objectives.base import ObjectiveOutput, spectral_norm_power_step
 from cdrl.objectives.mcmc import clean_energy_fn, clean_logsnr
 from cdrl.schedule import LevelTable
@@ -50,7 +51,8 @@ class LearnedSamplerObjective:
         generator.train()
         means = generator(torch.randn(batch, s.latent_dim, device=x.device))
         fake = means + s.output_std * torch.randn_like(means)
-        energies = energy_net(torch.cat([x, fake.detach()]), clean_logsnr(self.levels, 2 * batch), None)
+        with float32_region(x):  # a contrastive loss: a small difference of large energies
+            energies = energy_net(torch.cat([x, fake.detach()]).float(), clean_logsnr(self.levels, 2 * batch), None)
         positive, negative = energies[:batch], energies[batch:]
         energy_loss = negative.mean() - positive.mean() + s.energy_reg * (positive.pow(2) + negative.pow(2)).mean()
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cdrl.config import MCMCConfig
+from cdrl.nets.precision import float32_region
 from cdrl.objectives.base import ObjectiveOutput, spectral_norm_power_step, unwrap
 from cdrl.objectives.replay_buffer import ReplayBuffer
 from cdrl.schedule import LevelTable
@@ -55,7 +56,8 @@ class MaximumLikelihoodMCMC:
                                      s.step_size, s.noise_std, mala=s.mala)
         if self.buffer is not None:
             self.buffer.store(slots, negatives)
-        energies = energy_net(torch.cat([x, negatives]), clean_logsnr(self.levels, 2 * batch), None)
+        with float32_region(x):  # a contrastive loss: a small difference of large energies
+            energies = energy_net(torch.cat([x, negatives]).float(), clean_logsnr(self.levels, 2 * batch), None)
         positive, negative = energies[:batch], energies[batch:]
         loss = negative.mean() - positive.mean() + s.energy_reg * (positive.pow(2) + negative.pow(2)).mean()
         metrics = {"energy_positive": positive.detach().mean(), "energy_negative": negative.detach().mean(),

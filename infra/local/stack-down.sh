@@ -2,4 +2,4 @@
 # Stop the local stack started by stack-up.sh. Options: [--dir .stack] (relative to the repository root).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-exec "${PYTHON:-.venv/bin/python}" -m pipeline.stack down "$@"
+exec "${PYTHON:-.venv/bin/python}" -m infra.local down "$@"

@@ -3,7 +3,7 @@
 Layout: ``shard-00000-of-000NN.parquet`` files plus ``manifest.json`` (written last). See ``manifest.py``
 for the format, ``reader.py`` for the API the training code uses, and ``pipeline/prepare_data.py`` to write one.
 """
-from pipeline.datasets.errors import DatasetError, StorageError
+from pipeline.datasets.errors import DatasetError
 from pipeline.datasets.manifest import Manifest, ShardInfo
 from pipeline.datasets.reader import load_manifest, read_arrays, ray_dataset, to_model_space, validate_dataset
 
@@ -11,7 +11,6 @@ __all__ = [
     "DatasetError",
     "Manifest",
     "ShardInfo",
-    "StorageError",
     "load_manifest",
     "read_arrays",
     "ray_dataset",

@@ -15,10 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.datasets import storage
+from pipeline import storage
 from pipeline.datasets.checks import check_finite, check_labels, check_range
 from pipeline.datasets.content import ContentDigest, column_values
-from pipeline.datasets.errors import DatasetError, one_line
+from pipeline.cli import one_line
+from pipeline.datasets.errors import DatasetError
 from pipeline.datasets.manifest import DATA_COLUMN, LABEL_COLUMN, MANIFEST_NAME, Manifest, ShardInfo, type_name
 
 if TYPE_CHECKING:
@@ -115,7 +116,15 @@ def ray_dataset(uri: str, manifest: Manifest, columns: list[str] | None = None) 
         raise DatasetError(f"{uri}: no column {unknown[0]!r} in the dataset (has {', '.join(manifest.schema)})")
     filesystem, root = storage.resolve(uri)
     paths = [f"{root}/{shard.path}" for shard in manifest.shards]
-    return ray.data.read_parquet(paths, filesystem=filesystem, partitioning=None).select_columns(selected)
+    # Ray Data's V1 Parquet reader (chosen here, when the read is planned): our shards are an explicit file
+    # list, so V2's file listing and footer-reader pool only add start-up (measured with Ray 2.60: ~0.1 s
+    # against 1.4-3.3 s for a one-shard dataset alone, ~10 s inside two training workers on 2 cores).
+    context = ray.data.DataContext.get_current()
+    use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(paths, filesystem=filesystem, partitioning=None).select_columns(selected)
+    finally:
+        context.use_datasource_v2 = use_v2
 
 
 def _validated_tables(uri: str, manifest: Manifest, check_hashes: bool) -> Iterator[pa.Table]:
@@ -143,7 +152,9 @@ def _read_shard(uri: str, manifest: Manifest, shard: ShardInfo, check_hashes: bo
         if actual != shard.sha256:
             raise DatasetError(f"{shard_uri}: sha256 {actual} does not match the manifest's {shard.sha256}")
     try:
-        table = pq.read_table(pa.BufferReader(payload))
+        # Decoded on this thread: a process that exits on a bad shard while Arrow's pool threads still run
+        # may abort at exit ("terminate called without an active exception", exit -6 instead of 2).
+        table = pq.read_table(pa.BufferReader(payload), use_threads=False)
     except (pa.ArrowException, OSError) as error:
         raise DatasetError(f"{shard_uri}: not a readable Parquet file ({one_line(error)})") from error
     _check_schema(table, manifest, shard_uri)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.datasets import storage
+from pipeline import storage
 from pipeline.datasets.checks import check_finite, check_labels, check_range
 from pipeline.datasets.content import ContentDigest
 from pipeline.datasets.errors import DatasetError

@@ -1,4 +1,4 @@
-"""Fréchet distance (the FID formula, cdrl-algorithm.md §9)."""
+"""Fréchet distance (the FID formula, docs/algorithm.md §9)."""
 from __future__ import annotations
 
 import numpy as np

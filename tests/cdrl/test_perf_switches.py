@@ -102,12 +102,14 @@ def test_bf16_autocast_training_tracks_float32(toy_runs):
     assert losses == pytest.approx(ref_losses, rel=0.05, abs=1e-4)
 
 
-@pytest.mark.parametrize(("net", "tolerance"), [  # measured: toy 0.01, image 0.052 (random-init ResNet)
-    (ToyEnergyNet(base_width=32, temb_hidden=64), 0.05),
-    (ImageEnergyNet(in_channels=3, base_channels=16, channel_mult=(1, 2), blocks_per_resolution=1, temb_hidden=32), 0.1),
+@pytest.mark.parametrize(("make_net", "tolerance"), [  # measured at seed 0: toy 0.043, image 0.040
+    (lambda: ToyEnergyNet(base_width=32, temb_hidden=64), 0.08),  # 0.01-0.057 over other initialisations
+    (lambda: ImageEnergyNet(in_channels=3, base_channels=16, channel_mult=(1, 2), blocks_per_resolution=1,
+                            temb_hidden=32), 0.1),
 ], ids=["toy", "image"])
-def test_bf16_langevin_drift_tracks_float32(net, tolerance):
-    net = net.eval()
+def test_bf16_langevin_drift_tracks_float32(make_net, tolerance):
+    torch.manual_seed(0)  # the nets' initialisation, not the collection order, decides the measured drift
+    net = make_net().eval()
     shape = (256, 2) if isinstance(net, ToyEnergyNet) else (16, 3, 8, 8)
     generator = torch.Generator().manual_seed(0)
     y = 4 * torch.randn(*shape, generator=generator) if len(shape) == 2 else torch.randn(*shape, generator=generator)

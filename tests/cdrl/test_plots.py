@@ -1,4 +1,4 @@
-"""Toy figures (cdrl-algorithm.md §11): the per-level energy landscape and the sample scatter."""
+"""Toy figures (docs/algorithm.md §11): the per-level energy landscape and the sample scatter."""
 from __future__ import annotations
 
 import matplotlib.image

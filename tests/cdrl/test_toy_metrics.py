@@ -1,4 +1,4 @@
-"""Toy metrics (cdrl-algorithm.md §11, §15): in-support fraction, square balance, unbiased RBF MMD."""
+"""Toy metrics (docs/algorithm.md §11, §15): in-support fraction, square balance, unbiased RBF MMD."""
 from __future__ import annotations
 
 import numpy as np

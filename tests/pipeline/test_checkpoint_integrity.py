@@ -1,6 +1,6 @@
 """Checkpoints carry a content hash; a corrupt or truncated newest one is skipped with a warning.
 
-The Ray/S3 store uses the same records (pipeline/checkpoint_io.py).
+The Ray/S3 store uses the same records (pipeline/checkpoints.py).
 """
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import json
 import pytest
 
 from cdrl.checkpoint import CheckpointCorrupt, integrity_path, load_checkpoint
-from pipeline.checkpoint_io import load_newest_valid, read_checkpoint
-from pipeline.local_checkpoints import LocalCheckpointDir
+from pipeline.checkpoints import LocalCheckpointDir, load_newest_valid, read_checkpoint
 
 
 def state(step: int) -> dict:

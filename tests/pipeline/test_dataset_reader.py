@@ -10,7 +10,6 @@ import pytest
 
 from pipeline.datasets import (
     DatasetError,
-    StorageError,
     load_manifest,
     read_arrays,
     to_model_space,
@@ -19,6 +18,7 @@ from pipeline.datasets import (
 from pipeline.datasets.manifest import ModelTransform
 from pipeline.datasets.sources import UINT8_TO_MODEL, in_memory_source
 from pipeline.datasets.writer import write_dataset
+from pipeline.storage import StorageError
 from tests.pipeline.dataset_edits import data_table, edit_manifest, replace_shard
 
 IMAGE_SHAPE = (3, 4, 4)

@@ -134,9 +134,9 @@ def test_image_nets_train_a_few_iterations(dataset, shape, tmp_path):
         f"run.name={dataset}",
     ])
     summary = train_locally(config, *dataset_for_run(config))
-    assert summary["step"] == 3 and summary["metrics"]["sample_nan_fraction"] == 0.0
-    assert np.load(summary["artifacts"]["samples"]).shape == (4, *shape)
-    assert Path(summary["artifacts"]["grid"]).is_file()
+    assert summary.step == 3 and summary.metrics["sample_nan_fraction"] == 0.0
+    assert np.load(summary.artifacts["samples"]).shape == (4, *shape)
+    assert Path(summary.artifacts["grid"]).is_file()
 
 
 @pytest.mark.subprocess

@@ -7,7 +7,7 @@ import torch
 
 from cdrl.checkpoint import build_checkpoint, save_checkpoint
 from cdrl.config import load_config
-from pipeline.datasets import storage
+from pipeline import storage
 from pipeline.datasets.catalog import open_source
 from pipeline.datasets.reader import load_manifest, validate_dataset
 from pipeline.datasets.writer import write_dataset

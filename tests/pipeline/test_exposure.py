@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.stack import CREDENTIALS_FILE, ENV_FILE, STATE_FILE, stack_credentials
+from infra.local.state import CREDENTIALS_FILE, ENV_FILE, STATE_FILE, stack_credentials
 from tests.sockets import is_loopback, listening_addresses
 
 

@@ -30,11 +30,11 @@ def events(tmp_path) -> list[dict]:
 def test_absurd_learning_rate_rolls_back_with_a_lower_rate_and_recovers(tmp_path):
     config, summary = run_local(tmp_path, "train.energy_lr=100", "train.initializer_lr=100", "train.energy_warmup=1",
                                 "train.initializer_warmup=1", "health.lr_scale=1e-4")
-    assert summary["step"] == 30
+    assert summary.step == 30
     kinds = [e["health_event"] for e in events(tmp_path)]
     assert kinds.count("rollback") == 1 and kinds.count("skip") >= config.health.skip_limit
     assert "diverged" not in kinds
-    state = load_checkpoint(summary["checkpoint"])
+    state = load_checkpoint(summary.checkpoint)
     assert state["extra"]["health"]["rollbacks"] == 1
     for name in ("energy_net", "initializer"):
         assert state["trainer"]["schedules"][name]["base_lrs"] == [pytest.approx(100 * 1e-4)]
@@ -76,3 +76,36 @@ def test_without_the_guard_a_non_finite_loss_raises(tiny_toy_config):
     with pytest.raises(FloatingPointError, match="non-finite loss"):
         for _ in range(3):
             trainer.step(torch.randn(64, 2) * 4)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_divergence_on_ray_is_one_error_line_and_tracked_in_mlflow(tmp_path, ray_tmp):
+    """2 Ray workers skip together, then stop; the events are MLflow metrics and tags; exit 1, one line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from mlflow import MlflowClient
+
+    from tests.pipeline.test_ray_training import RAY_TOY
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "pipeline/train.py", *RAY_TOY, f"run.output_dir={tmp_path}", "run.name=diverges",
+         "train.iterations=20", "langevin.step_multiplier=1e3", "health.skip_limit=2", "health.max_rollbacks=1"],
+        cwd=repo, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+             "RAY_TMPDIR": str(ray_tmp)})
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert len(errors) == 1 and errors[0].startswith("error: training diverged: 2 bad steps in a row"), \
+        proc.stderr[-4000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("cdrl").experiment_id])
+    assert run.info.status == "FAILED" and run.data.tags["cdrl.failure"].startswith("training diverged")
+    assert "skipped" in run.data.tags["health.last_skip"] and "rollback 1" in run.data.tags["health.last_rollback"]
+    assert run.data.tags["health.last_diverged"].startswith("training diverged")
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "health/event_skip")) == [1, 1, 2, 2]
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "health/event_rollback")] == [1.0]

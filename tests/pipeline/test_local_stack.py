@@ -17,15 +17,11 @@ import pytest
 from mlflow import MlflowClient
 from pyarrow.fs import FileSystem
 
-from pipeline.stack import (
-    STATE_FILE,
-    LocalStack,
-    StackError,
-    StackStartError,
-    free_port,
-    free_port_pairs,
-    wait_until_ready,
-)
+from infra.local.errors import StackError, StackStartError
+from infra.local.network import free_port, free_port_pairs
+from infra.local.processes import wait_until_ready
+from infra.local.stack import LocalStack
+from infra.local.state import STATE_FILE
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,7 +108,7 @@ def test_mlflow_run_with_artifact_in_s3(
 # ---------------------------------------------------------------------------- slow: CLI
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    command = [sys.executable, "-m", "pipeline.stack", *args]
+    command = [sys.executable, "-m", "infra.local", *args]
     return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=180)
 
 

@@ -20,7 +20,7 @@ from cdrl.checkpoint import load_checkpoint
 from tests.conftest import TINY_TOY
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 # 2 workers × 0.5 CPU leaves a core for Ray Data on a 2-core machine.
 RAY_TOY = [*TINY_TOY, "ray.num_workers=2", "ray.cpus_per_worker=0.5", "train.log_every=4", "eval.num_samples=200"]
@@ -71,7 +71,7 @@ def test_two_workers_s3_shards_s3_checkpoints_mlflow_server(local_stack, tmp_pat
     run = client.get_run(summary["mlflow"]["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["train.iterations"] == "12" and run.data.params["ray.num_workers"] == "2"
-    for metric in ("energy_loss", "initializer_loss", "energy_positive/level_1", "energy_negative/level_6",
+    for metric in ("energy_loss", "initializer_loss", "energy_positive/level_1", "energy_negative/level_4",
                    "langevin_displacement/level_3", "grad_norm/energy_net", "lr/initializer", "samples_per_s",
                    "eval/in_support", "eval/mmd_bw1", "eval/cost_s", "eval/samples_per_s"):
         assert metric in run.data.metrics, metric
@@ -129,20 +129,19 @@ def test_two_workers_s3_shards_s3_checkpoints_mlflow_server(local_stack, tmp_pat
 
 
 def test_resume_and_crash_recovery_equal_a_straight_run(tmp_path):
-    """N steps + resume + N steps == 2N straight; a worker killed mid-run costs no steps and no state."""
+    """N steps, then a resubmission to 2N during which a worker is killed, == 2N straight: resuming a run by
+    name and recovering from a crashed worker (Ray Train restarts the group from the step-8 checkpoint) cost
+    no steps and no state."""
     common = ["tracking.enabled=false", "train.checkpoint_every=4"]
     straight, _ = train(tmp_path, *common, "run.name=straight", "train.iterations=12")
     half, _ = train(tmp_path, *common, "run.name=resumed", "train.iterations=6")
     assert half["step"] == 6
-    resumed, _ = train(tmp_path, *common, "run.name=resumed", "train.iterations=12")
-    crashed, proc = train(tmp_path, *common, "run.name=crashed", "train.iterations=12", "ray.inject_crash_at_step=7",
-                          "ray.max_failures=1")
-    assert resumed["step"] == crashed["step"] == 12
-    assert (tmp_path / "crashed" / ".crash_injected_at_7").exists()
-    reference = final_state(straight)
-    for other in (resumed, crashed):
-        for a, b in zip(reference, final_state(other)):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    resumed, _ = train(tmp_path, *common, "run.name=resumed", "train.iterations=12", "ray.inject_crash_at_step=9",
+                       "ray.max_failures=1")
+    assert resumed["step"] == 12
+    assert (tmp_path / "resumed" / ".crash_injected_at_9").exists()
+    for a, b in zip(final_state(straight), final_state(resumed)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_class_conditional_image_nets_on_two_workers_with_digits_fid(local_stack, tmp_path):

@@ -30,7 +30,7 @@ def registered(tmp_path_factory):
     data_uri, manifest = dataset_for_run(config)
     summary = train_locally(config, data_uri, manifest)
     _, run_id = start_run(config, {"dataset_version": manifest.version})
-    name, version = register_checkpoint(summary["checkpoint"], config, uri, run_id,
+    name, version = register_checkpoint(summary.checkpoint, config, uri, run_id,
                                         tags={"dataset_version": manifest.version}, aliases=(CHAMPION,))
     return {"uri": uri, "name": name, "version": version, "config": config, "summary": summary, "run_id": run_id}
 
@@ -43,7 +43,7 @@ def test_registered_version_has_the_layout_and_tags(registered):
     version = client.get_model_version_by_alias(registered["name"], CHAMPION)
     assert str(version.version) == registered["version"] == "1" and version.run_id == registered["run_id"]
     assert version.tags[CONFIG_TAG] == config_digest(registered["config"])
-    assert version.tags["checkpoint_uri"] == registered["summary"]["checkpoint"]
+    assert version.tags["checkpoint_uri"] == registered["summary"].checkpoint
     from mlflow.artifacts import list_artifacts
 
     folder = version_artifacts_uri(version, registered["uri"])
@@ -52,7 +52,7 @@ def test_registered_version_has_the_layout_and_tags(registered):
     model_files = {Path(f.path).name for f in list_artifacts(artifact_uri=folder.rsplit("/", 1)[0],
                                                              tracking_uri=registered["uri"])}
     assert {"MLmodel", "python_model.pkl", "requirements.txt"} <= model_files
-    again = register_checkpoint(registered["summary"]["checkpoint"], registered["config"], registered["uri"],
+    again = register_checkpoint(registered["summary"].checkpoint, registered["config"], registered["uri"],
                                 registered["run_id"])
     assert again == (registered["name"], "1")  # the same run's same checkpoint: no second version
 
@@ -74,7 +74,7 @@ def test_pyfunc_predict_returns_samples_of_the_data_shape(registered):
 
 
 def test_model_uris_resolve_to_the_registered_checkpoint(registered):
-    original = hashlib.sha256(Path(registered["summary"]["checkpoint"]).read_bytes()).hexdigest()
+    original = hashlib.sha256(Path(registered["summary"].checkpoint).read_bytes()).hexdigest()
     for ref in (f"models:/{registered['name']}@{CHAMPION}", f"models:/{registered['name']}/1"):
         path = checkpoint_for_model_uri(ref, registered["uri"])
         assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == original, ref

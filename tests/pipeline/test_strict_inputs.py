@@ -63,6 +63,14 @@ def test_backend_specific_settings_are_checked_before_any_data():
         check_backend(load_config(None, ["data.horizontal_flip=true"]), "local")
 
 
+def test_exact_score_matching_on_images_is_refused_before_any_data():
+    from pipeline.train import check_method_fits_data
+
+    check_method_fits_data(load_config("pipeline/configs/exact_sm.yaml", []))  # 2-D: fine
+    with pytest.raises(ConfigError, match="method: exact_sm .* digits has 64; use sliced_sm or dsm"):
+        check_method_fits_data(load_config("pipeline/configs/exact_sm.yaml", ["data.name=digits"]))
+
+
 def run(script: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, f"pipeline/{script}", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
@@ -107,14 +115,14 @@ def every_action(parser):
                 yield from every_action(sub)
 
 
-@pytest.mark.parametrize("entry", ["train", "sample", "prepare_data", "stack"])
+@pytest.mark.parametrize("entry", ["pipeline.train", "pipeline.sample", "pipeline.prepare_data", "infra.local.__main__"])
 def test_help_describes_every_option(entry, monkeypatch):
     def capture(self, *args, **kwargs):
         raise ParserSeen(self)
 
     monkeypatch.setattr(pipeline.cli.Parser, "parse_args", capture)
     monkeypatch.setattr(pipeline.cli.Parser, "parse_intermixed_args", capture)
-    module = __import__(f"pipeline.{entry}", fromlist=["main"])
+    module = __import__(entry, fromlist=["main"])
     with pytest.raises(ParserSeen) as seen:
         module.main([])
     missing = [f"{prog} {action.option_strings or action.dest}" for prog, action in every_action(seen.value.parser)

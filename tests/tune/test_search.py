@@ -19,7 +19,7 @@ from tests.conftest import TINY_TOY
 
 REPO = Path(__file__).resolve().parents[2]
 SPACE = "tests/tune/tiny_space.yaml"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def search(tmp_path: Path, env: dict, name: str, summary: Path) -> subprocess.CompletedProcess:

@@ -70,6 +70,8 @@ def test_objective_applies_constraints_and_ranks_failures_last(tmp_path):
     ("metric: m\nmode: maximum\nparams: {langevin.c0: {uniform: [1, 2]}}\n", "mode"),
     ("params: {langevin.c0: {uniform: [1, 2]}}\n", "missing key 'metric'"),
     ("metric: m\nalgorithm: bayes\nparams: {langevin.c0: {uniform: [1, 2]}}\n", "algorithm"),
+    ("metric: m\nbaseline: yes please\nparams: {langevin.c0: {uniform: [1, 2]}}\n", "baseline: must be true or false"),
+    ("metric: m\nbaseline: true\nparams: {langevin.c0: {grid: [1, 2]}}\n", "baseline: cannot be combined with grid"),
 ])
 def test_bad_spaces_name_the_file_and_key(tmp_path, text, match):
     path = write(tmp_path, text)
@@ -86,6 +88,61 @@ def test_bad_spaces_name_the_file_and_key(tmp_path, text, match):
 def test_impossible_resources(overrides, have, concurrent, match):
     with pytest.raises(SearchError, match=match):
         check_resources(trial_resources(load_config(None, overrides)), concurrent, have)
+
+
+def test_baseline_point_is_the_base_configs_own_values(tmp_path):
+    from tune.search import baseline_trial
+
+    config = load_config(CONFIGS / "toy.yaml")
+    path = write(tmp_path, "metric: eval/in_support\nbaseline: true\nparams:\n  langevin.c0: {loguniform: [1.0e-4, 1.0e-2]}\n"
+                           "  schedule.family: {choice: [linear, drl]}\n")
+    space = load_space(path, config)
+    point = space.baseline_point(config.to_dict())
+    assert point == {"langevin.c0": config.langevin.c0, "schedule.family": config.schedule.family}
+    records = [{"trial_id": "a", "params": {"langevin.c0": 5e-4, "schedule.family": "drl"}, "objective": 0.9},
+               {"trial_id": "b", "params": dict(point), "objective": 0.8}]
+    assert baseline_trial(records, space, config.to_dict())["trial_id"] == "b"
+    space.baseline = False
+    assert baseline_trial(records, space, config.to_dict()) is None
+
+
+def test_versus_baseline_compares_at_the_baselines_last_report():
+    from tune.search import versus_baseline
+
+    best = {"trial_id": "b", "objective": 0.9, "train_seconds": 150.0}
+    baseline = {"trial_id": "a", "objective": 0.8, "train_seconds": 60.0}  # stopped by ASHA at its first rung
+    curves = {"b": [{"train_seconds": 30.0, "objective": 0.7}, {"train_seconds": 60.0, "objective": 0.79},
+                    {"train_seconds": 150.0, "objective": 0.9}]}
+    versus = versus_baseline(best, baseline, curves, "max")
+    assert versus == {"train_seconds": 60.0, "baseline_objective": 0.8, "best_objective": 0.79,
+                      "best_beats_baseline": False}
+    curves["b"][1]["objective"] = 0.85
+    assert versus_baseline(best, baseline, curves, "max")["best_beats_baseline"]
+    assert versus_baseline(baseline, baseline, {}, "max")["best_beats_baseline"] is False
+    assert versus_baseline(best, None, curves, "max") is None
+
+
+def test_best_trial_breaks_ties_by_trial_id_whatever_the_listing_order():
+    from tune.search import best_trial
+
+    records = [{"trial_id": f"t_0000{i}", "objective": objective}
+               for i, objective in enumerate([0.9, 0.95, 0.95, float("nan"), None])]
+    assert best_trial(records, "max")["trial_id"] == "t_00001"
+    assert best_trial(records[::-1], "max")["trial_id"] == "t_00001"  # a resumed search lists trials anew
+    assert best_trial(records[::-1], "min")["trial_id"] == "t_00000"
+    assert best_trial(records[3:], "max") is None
+
+
+def test_a_baseline_search_keeps_the_concurrency_limit(tmp_path):
+    from tune.search import search_algorithm
+
+    config = load_config(CONFIGS / "toy.yaml")
+    space = load_space(write(tmp_path, "metric: eval/in_support\nbaseline: true\nparams: {langevin.c0: {uniform: [1.0e-4, 1.0e-2]}}\n"),
+                       config)
+    generator = search_algorithm(space, config.to_dict(), max_concurrent=2)
+    assert generator.max_concurrent == 2  # Tune ignores max_concurrent_trials for a generator passed in
+    space.baseline = False
+    assert search_algorithm(space, config.to_dict(), max_concurrent=2) is None
 
 
 def test_two_trials_of_the_toy_space_fit_on_two_cores():

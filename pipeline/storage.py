@@ -1,4 +1,7 @@
-"""Whole-object reads and writes on a local folder or on S3 (``s3://bucket/prefix``), through pyarrow.fs.
+"""The pipeline's one storage layer: whole-object reads, writes and listings on a local folder or on S3
+(``s3://bucket/prefix``), through pyarrow.fs, and retries with backoff while storage is unreachable.
+
+Datasets, reference statistics, checkpoints (``pipeline.checkpoints``), the registry and Tune all go through it.
 
 S3 settings come from the standard environment variables: ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``)
 for a non-AWS server such as SeaweedFS, ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` and
@@ -8,6 +11,7 @@ so that connect timeouts and retries stay low: an unreachable endpoint fails in 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import sys
 import time
@@ -16,13 +20,18 @@ from contextlib import contextmanager
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipeline.datasets.errors import StorageError, one_line
+from pipeline.cli import one_line
 
 S3_CONNECT_TIMEOUT_S = 3.0
 S3_MAX_ATTEMPTS = 3
 T = TypeVar("T")
+
+
+class StorageError(OSError):
+    """Storage (a local folder or an S3 endpoint) could not be reached or written; names the URI."""
 
 
 def is_s3(uri: str) -> bool:
@@ -96,6 +105,26 @@ def list_names(uri: str) -> list[str]:
     return sorted(info.base_name for info in infos if info.type == pafs.FileType.File)
 
 
+def list_folders(uri: str) -> list[str]:
+    """Sorted names of the folders directly under the folder or prefix ``uri`` (empty when there is none)."""
+    filesystem, path = resolve(uri)
+    with _storage_errors(uri, "cannot list"):
+        infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
+
+
+def modified_ns(uris: list[str]) -> dict[str, int]:
+    """Modification times (ns) of those of ``uris`` that are files, in one listing request per filesystem
+    (all of ``uris`` must be on the same filesystem as the first)."""
+    if not uris:
+        return {}
+    filesystem, _ = resolve(uris[0])
+    paths = {resolve(uri)[1]: uri for uri in uris}
+    with _storage_errors(uris[0], "cannot check"):
+        infos = filesystem.get_file_info(list(paths))
+    return {paths[info.path]: info.mtime_ns for info in infos if info.type == pafs.FileType.File}
+
+
 def _s3_settings() -> tuple[str | None, str | None]:
     """(endpoint URL, region) from the environment."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
@@ -103,21 +132,116 @@ def _s3_settings() -> tuple[str | None, str | None]:
     return endpoint, region
 
 
-def patient_s3_filesystem(uri: str, wait_s: float) -> pafs.S3FileSystem:
-    """An S3 filesystem whose every request retries with the AWS standard backoff (exponential, jittered,
-    at most 20 s apart) for roughly ``wait_s`` seconds: for Ray Train's own storage writes (its checkpoint
-    manager's snapshot, deletions), which would otherwise fail on the first connection error."""
+def patient_s3_filesystem(uri: str, wait_s: float) -> pafs.PyFileSystem:
+    """The S3 filesystem Ray Train's controller and workers write through (its checkpoint manager's snapshot,
+    deletions of old checkpoints): every request goes through ``with_retries``, so an outage shorter than
+    ``wait_s`` costs a wait and two log lines, not the run, and a longer one ends it with one line naming
+    the endpoint (``StorageUnavailable``).
+
+    It travels to Ray's processes as ``PatientS3``'s settings and is rebuilt there, credentials from that
+    process's environment (a pickled ``S3FileSystem`` would carry the secret key, and lose its retry strategy)."""
     bucket = uri[len("s3://") :].split("/")[0]
-    return _s3_filesystem(bucket, *_s3_settings(), max_attempts=max(S3_MAX_ATTEMPTS, int(wait_s / 10) + 1))
+    endpoint, region = _s3_settings()
+    return pafs.PyFileSystem(PatientS3(bucket, endpoint, region, wait_s))
+
+
+class PatientS3(pafs.FileSystemHandler):
+    """``pafs.PyFileSystem`` handler: the quick ``_s3_filesystem`` of ``bucket``, each call retried by
+    ``with_retries`` for ``wait_s``. Writes are buffered and sent whole on close, so that the retried
+    operation is the upload itself. Only the four settings are pickled."""
+
+    def __init__(self, bucket: str, endpoint: str | None, region: str | None, wait_s: float):
+        self.settings = (bucket, endpoint, region, wait_s)
+
+    def __reduce__(self):
+        return PatientS3, self.settings
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PatientS3) and other.settings == self.settings
+
+    def __hash__(self) -> int:
+        return hash(self.settings)
+
+    @property
+    def s3(self) -> pafs.S3FileSystem:
+        return _s3_filesystem(*self.settings[:3])
+
+    def retry(self, action: str, path: str, operation: Callable[[], T]) -> T:
+        return with_retries(operation, f"s3://{path}", action, self.settings[3])
+
+    def put(self, path: str, payload: bytes, metadata) -> None:
+        def upload() -> None:
+            with self.s3.open_output_stream(path, metadata=metadata) as stream:
+                stream.write(payload)
+
+        self.retry("write", path, upload)
+
+    def get_type_name(self) -> str:
+        return "patient-s3"
+
+    def normalize_path(self, path):
+        return self.s3.normalize_path(path)
+
+    def get_file_info(self, paths):
+        return self.retry("read", paths[0] if paths else self.settings[0], lambda: self.s3.get_file_info(paths))
+
+    def get_file_info_selector(self, selector):
+        return self.retry("list", selector.base_dir, lambda: self.s3.get_file_info(selector))
+
+    def create_dir(self, path, recursive):
+        self.retry("create", path, lambda: self.s3.create_dir(path, recursive=recursive))
+
+    def delete_dir(self, path):
+        self.retry("delete", path, lambda: self.s3.delete_dir(path))
+
+    def delete_dir_contents(self, path, missing_dir_ok=False):
+        self.retry("delete", path, lambda: self.s3.delete_dir_contents(path, missing_dir_ok=missing_dir_ok))
+
+    def delete_root_dir_contents(self):
+        raise PermissionError("PatientS3 never deletes a whole bucket")
+
+    def delete_file(self, path):
+        self.retry("delete", path, lambda: self.s3.delete_file(path))
+
+    def move(self, src, dest):
+        self.retry("move", src, lambda: self.s3.move(src, dest))
+
+    def copy_file(self, src, dest):
+        self.retry("copy", src, lambda: self.s3.copy_file(src, dest))
+
+    def open_input_stream(self, path):
+        return self.retry("read", path, lambda: self.s3.open_input_stream(path))
+
+    def open_input_file(self, path):
+        return self.retry("read", path, lambda: self.s3.open_input_file(path))
+
+    def open_output_stream(self, path, metadata):
+        return pa.PythonFile(_UploadOnClose(self, path, metadata), mode="w")
+
+    def open_append_stream(self, path, metadata):
+        raise NotImplementedError("S3 objects cannot be appended to")
+
+
+class _UploadOnClose(io.BytesIO):
+    """An output stream that sends its bytes in one retried upload when closed (``PatientS3.put``)."""
+
+    def __init__(self, handler: PatientS3, path: str, metadata):
+        super().__init__()
+        self.handler, self.path, self.metadata = handler, path, metadata
+
+    def close(self) -> None:
+        if not self.closed:
+            payload = self.getvalue()
+            super().close()
+            self.handler.put(self.path, payload, self.metadata)
 
 
 @functools.lru_cache(maxsize=16)
-def _s3_filesystem(bucket: str, endpoint: str | None, region: str | None,
-                   max_attempts: int = S3_MAX_ATTEMPTS) -> pafs.S3FileSystem:
+def _s3_filesystem(bucket: str, endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
     """An S3 filesystem for ``bucket`` with low connect timeouts and few retries; credentials from the env."""
     options: dict = {
         "connect_timeout": S3_CONNECT_TIMEOUT_S,
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts),
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
     }
     if endpoint:
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")

@@ -1,0 +1,1 @@
+"""Deployment files and the local stack; ``infra.local`` is importable from the repository root."""
