@@ -28,23 +28,11 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 from tqdm import tqdm  # noqa: E402
 
 from benchmarks.common import format_table, save_report, utc_timestamp  # noqa: E402
+from infra.local.processes import run_processes  # noqa: E402
 from pipeline.cli import Parser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS = re.compile(r"train \S+:\s+\d+%\|[^|]*\|\s*(\d+)/\d+")
-
-
-def run_processes(marker: str) -> list[int]:
-    """Pids whose environment holds ``marker`` (the run's RAY_TMPDIR=…)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
 
 
 def rss_mib(pids: list[int]) -> float:

@@ -85,3 +85,16 @@ def is_stack_process(pid: int, dir: Path) -> bool:
         return f"{dir}{os.sep}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return False
+
+
+def run_processes(marker: str) -> list[int]:
+    """Pids whose environment holds ``marker`` (a run's ``RAY_TMPDIR=…``): a run's driver and Ray processes."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids

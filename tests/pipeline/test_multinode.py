@@ -18,6 +18,7 @@ import pytest
 
 from cdrl.config import load_config
 from tests.conftest import TINY_TOY
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -46,14 +47,6 @@ def cluster_state() -> str:
     nodes = [(n["NodeID"][:8], n["Alive"], n["Resources"]) for n in ray.nodes()]
     groups = [(g["strategy"], g["state"], g["bundles_to_node_id"]) for g in placement_group_table().values()]
     return f"nodes {nodes}; placement groups {groups}"
-
-
-def wait_for(condition, timeout_s: float, what: str, state=lambda: "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}: {state()}")
-        time.sleep(0.2)
 
 
 def test_two_nodes_strict_spread_s3_mlflow_and_resume_after_losing_a_node(local_stack, tmp_path, monkeypatch):
@@ -117,8 +110,8 @@ def test_two_nodes_strict_spread_s3_mlflow_and_resume_after_losing_a_node(local_
 
         runner = threading.Thread(target=fit, daemon=True)
         runner.start()
-        wait_for(lambda: bool(worker_group_nodes(groups) and checkpoints()) or not runner.is_alive(), 400,
-                 "the first S3 checkpoint", cluster_state)
+        wait_for(lambda: bool(worker_group_nodes(groups) and checkpoints()) or not runner.is_alive(),
+                 "the first S3 checkpoint", 400, state=cluster_state)
         assert runner.is_alive(), outcome.get("error") or "training ended before the first checkpoint was seen"
         phase(f"first checkpoint {checkpoints()[0]}")
         assert len(groups) == 1 and set(groups[0]) == {node_a.node_id, node_b.node_id}  # one worker per node
@@ -127,8 +120,8 @@ def test_two_nodes_strict_spread_s3_mlflow_and_resume_after_losing_a_node(local_
         cluster.remove_node(node_b)
         node_c = cluster.add_node(num_cpus=2, resources={"node_c": 1})
         phase("node b removed, node c added")
-        wait_for(lambda: len(worker_group_nodes(groups)) > 1 or not runner.is_alive(), 400,
-                 "the restarted worker group", cluster_state)
+        wait_for(lambda: len(worker_group_nodes(groups)) > 1 or not runner.is_alive(),
+                 "the restarted worker group", 400, state=cluster_state)
         phase("worker group restarted")
         runner.join(timeout=400)
         phase("training finished")

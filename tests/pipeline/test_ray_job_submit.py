@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.soak import run_processes
+from infra.local.processes import run_processes
 from tests.conftest import TINY_TOY
 
 REPO = Path(__file__).resolve().parents[2]
