@@ -7,20 +7,27 @@ KFP_VENV ?= .venv-kfp
 
 .PHONY: install kfp-env train test test-fast test-unit bench stack-up stack-down clean
 
-$(BIN)/.installed: pyproject.toml
+UV     := $(BIN)/uv
+
+# uv installs the dependencies (~10x faster than pip); pip installs only torch, pinned first, because only pip
+# looks in the local wheel folder that holds the CPU build (uv would fetch a multi-GB CUDA one). uv then keeps
+# the installed torch, which satisfies the project's range.
+$(UV):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet uv
+
+$(BIN)/.installed: pyproject.toml | $(UV)
 	$(BIN)/pip install --quiet $(TORCH_PIN)     # pinned first: a CPU build, never a multi-GB CUDA one
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(UV) pip install --quiet --python $(BIN)/python -e '.[dev]'
 	touch $@
 
 install: $(BIN)/.installed
 
 # kfp conflicts with the main environment (protobuf, requests, kubernetes pins): its own venv, only to compile
-# infra/kubeflow/cdrl_pipeline.py and create recurring runs (~40 s once).
-$(KFP_VENV)/.installed: infra/kubeflow/requirements.txt
-	test -x $(KFP_VENV)/bin/python || $(PYTHON) -m venv $(KFP_VENV)
-	$(KFP_VENV)/bin/pip install --quiet --quiet -r infra/kubeflow/requirements.txt
+# infra/kubeflow/cdrl_pipeline.py and create recurring runs (a few seconds once).
+$(KFP_VENV)/.installed: infra/kubeflow/requirements.txt | $(UV)
+	test -x $(KFP_VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(KFP_VENV)
+	$(UV) pip install --quiet --python $(KFP_VENV)/bin/python -r infra/kubeflow/requirements.txt
 	touch $@
 
 kfp-env: $(KFP_VENV)/.installed
