@@ -1,13 +1,15 @@
-"""Shared fixtures: small configurations, and the real local S3 / MLflow stack."""
+"""Shared fixtures: small configurations, the real local S3 / MLflow stack, and the session's Ray head."""
 from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cdrl.config import load_config
+from tests.ray_head import RayHead, ray_head
 from tests.stack_fixtures import local_s3, local_stack  # noqa: F401  (session fixtures: real S3 / MLflow)
 
 TINY_TOY = [
@@ -23,6 +25,17 @@ TINY_TOY = [
 @pytest.fixture
 def tiny_toy_config(tmp_path):
     return load_config(None, TINY_TOY + [f"run.output_dir={tmp_path}", "run.name=tiny", "train.iterations=20"])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayHead]:
+    """One Ray head (`ray start --head`) for the session's Ray tests. Their drivers join it through RAY_ADDRESS,
+    as under `ray job submit`, so no fit pays for starting and stopping a Ray of its own (~8 s on 2 cores);
+    the fault test keeps the embedded default, a Ray the driver starts itself."""
+    folder = Path(tempfile.mkdtemp(prefix="cdrl-ray-", dir="/tmp"))
+    with ray_head(folder) as head:
+        yield head
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

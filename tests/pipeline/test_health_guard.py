@@ -80,7 +80,7 @@ def test_without_the_guard_a_non_finite_loss_raises(tiny_toy_config):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_divergence_on_ray_is_one_error_line_and_tracked_in_mlflow(tmp_path, ray_tmp):
+def test_divergence_on_ray_is_one_error_line_and_tracked_in_mlflow(tmp_path, ray_cluster):
     """2 Ray workers skip together, then stop; the events are MLflow metrics and tags; exit 1, one line."""
     import os
     import subprocess
@@ -97,7 +97,7 @@ def test_divergence_on_ray_is_one_error_line_and_tracked_in_mlflow(tmp_path, ray
          "train.iterations=20", "langevin.step_multiplier=1e3", "health.skip_limit=2", "health.max_rollbacks=1"],
         cwd=repo, capture_output=True, text=True, timeout=600,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-             "RAY_TMPDIR": str(ray_tmp)})
+             **ray_cluster.driver_env})
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert len(errors) == 1 and errors[0].startswith("error: training diverged: 2 bad steps in a row"), \

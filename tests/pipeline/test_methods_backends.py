@@ -1,10 +1,10 @@
 """The training methods through `pipeline/train.py`, as a user runs them, on both backends.
 
-Local backend: every method on the toy and on digits. Ray (2 DDP workers on a real local Ray, one driver
-process, so Ray starts once): the two data-parallel paths CDRL's own Ray tests (test_ray_training.py: two
+Local backend: every method on the toy and on digits. Ray (2 DDP workers on the session's real local Ray head, one driver
+process): the two data-parallel paths CDRL's own Ray tests (test_ray_training.py: two
 nets under DDP, as the learned sampler's) do not cover — the persistent-chain MCMC EBM keeps one replay
 buffer per worker in its checkpoint, and score matching is a loss on ∇ₓF (a double backward pass through
-DDP; sliced here, on digits). A Ray fit costs ~20-25 s of worker start-up on 2 cores, hence two."""
+DDP; sliced here, on digits). A Ray fit costs ~15-20 s of worker start-up on 2 cores, hence two."""
 from __future__ import annotations
 
 import json
@@ -52,11 +52,11 @@ def runs(out: Path, backend: str) -> dict[str, list[str]]:
     return planned
 
 
-def train_all(out: Path, planned: dict[str, list[str]]) -> None:
+def train_all(out: Path, planned: dict[str, list[str]], env: dict[str, str] | None = None) -> None:
     proc = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(list(planned.values()))], cwd=REPO,
                           capture_output=True, text=True, timeout=900,
                           env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(REPO),
-                               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"})
+                               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", **(env or {})})
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     for name in planned:
         summary = json.loads((out / f"{name}.json").read_text())
@@ -79,8 +79,8 @@ def test_every_method_trains_on_toy_and_digits_with_the_local_backend(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_methods_with_their_own_data_parallel_path_train_on_two_ray_workers(tmp_path):
-    train_all(tmp_path, runs(tmp_path, "ray"))
+def test_methods_with_their_own_data_parallel_path_train_on_two_ray_workers(tmp_path, ray_cluster):
+    train_all(tmp_path, runs(tmp_path, "ray"), ray_cluster.driver_env)
     ray_mcmc = load_checkpoint(json.loads((tmp_path / "mcmc-toy-ray.json").read_text())["checkpoint"])["trainer"]
     buffers = ray_mcmc["objective"]["replay_buffer"]["chains"]
     assert len(buffers) == 2 and buffers[0].shape == (100, 2)

@@ -1,7 +1,8 @@
 """Ray Train integration: real local Ray (2 CPU workers), real SeaweedFS S3, real MLflow server.
 
-Each run is `python pipeline/train.py` in a subprocess, exactly as a user runs it; every subprocess starts
-its own local Ray and stops it when it ends.
+Each run is `python pipeline/train.py` in a subprocess, exactly as a user runs it: the S3 run with the embedded
+default (the driver starts a local Ray of its own, which inherits the driver's S3 credentials), the others on a
+cluster, the session's Ray head (the ``ray_cluster`` fixture), which they join through RAY_ADDRESS.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 
 from cdrl.checkpoint import load_checkpoint
 from tests.conftest import TINY_TOY
+from tests.ray_head import RayHead
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -26,12 +28,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 RAY_TOY = [*TINY_TOY, "ray.num_workers=2", "ray.cpus_per_worker=0.5", "train.log_every=4", "eval.num_samples=200"]
 
 
-def train(tmp_path: Path, *overrides: str, env: dict | None = None, check: bool = True) -> tuple[dict, subprocess.CompletedProcess]:
+def train(tmp_path: Path, cluster: RayHead | None, *overrides: str, env: dict | None = None,
+          check: bool = True) -> tuple[dict, subprocess.CompletedProcess]:
     summary = tmp_path / f"summary-{len(list(tmp_path.glob('summary-*')))}.json"
     proc = subprocess.run(
         [sys.executable, "pipeline/train.py", *RAY_TOY, f"run.output_dir={tmp_path}", *overrides, "--summary", str(summary)],
         cwd=REPO, capture_output=True, text=True, timeout=900,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", **(env or {})},
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+             **(cluster.driver_env if cluster else {}), **(env or {})},
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
@@ -51,7 +55,7 @@ def test_two_workers_s3_shards_s3_checkpoints_mlflow_server(local_stack, tmp_pat
                            "--out", f"s3://{bucket}/data/toy", "--shards", "2"],
                           cwd=REPO, capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
     assert prep.returncode == 0, prep.stderr
-    summary, _ = train(tmp_path, "run.name=s3run", "train.iterations=12", "train.checkpoint_every=4",
+    summary, _ = train(tmp_path, None, "run.name=s3run", "train.iterations=12", "train.checkpoint_every=4",
                        "run.keep_checkpoints=2", "eval.every=8", "eval.plot=true", f"data.uri=s3://{bucket}/data/toy",
                        f"run.storage_path=s3://{bucket}/ckpt", f"tracking.uri={local_stack.mlflow_uri}",
                        env={**env, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
@@ -128,28 +132,28 @@ def test_two_workers_s3_shards_s3_checkpoints_mlflow_server(local_stack, tmp_pat
     assert report["primary_metric"]["name"] == "eval/in_support"
 
 
-def test_resume_and_crash_recovery_equal_a_straight_run(tmp_path):
+def test_resume_and_crash_recovery_equal_a_straight_run(ray_cluster, tmp_path):
     """N steps, then a resubmission to 2N during which a worker is killed, == 2N straight: resuming a run by
     name and recovering from a crashed worker (Ray Train restarts the group from the step-8 checkpoint) cost
     no steps and no state."""
     common = ["tracking.enabled=false", "train.checkpoint_every=4"]
-    straight, _ = train(tmp_path, *common, "run.name=straight", "train.iterations=12")
-    half, _ = train(tmp_path, *common, "run.name=resumed", "train.iterations=6")
+    straight, _ = train(tmp_path, ray_cluster, *common, "run.name=straight", "train.iterations=12")
+    half, _ = train(tmp_path, ray_cluster, *common, "run.name=resumed", "train.iterations=6")
     assert half["step"] == 6
-    resumed, _ = train(tmp_path, *common, "run.name=resumed", "train.iterations=12", "ray.inject_crash_at_step=9",
-                       "ray.max_failures=1")
+    resumed, _ = train(tmp_path, ray_cluster, *common, "run.name=resumed", "train.iterations=12",
+                       "ray.inject_crash_at_step=9", "ray.max_failures=1")
     assert resumed["step"] == 12
     assert (tmp_path / "resumed" / ".crash_injected_at_9").exists()
     for a, b in zip(final_state(straight), final_state(resumed)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_class_conditional_image_nets_on_two_workers_with_digits_fid(local_stack, tmp_path):
+def test_class_conditional_image_nets_on_two_workers_with_digits_fid(ray_cluster, local_stack, tmp_path):
     """UNet + ResNet energy net under DDP, labels with dropout, digits shards prepared from the built-in set;
     digits-FID from both workers' samples logged to the MLflow server during training, then evaluate.py
     on the checkpoint (two Ray tasks) reproduces the final FID with the same protocol."""
-    summary, _ = train(tmp_path, "--config", "pipeline/configs/digits.yaml", "run.name=digits", "train.iterations=4",
-                       "train.batch_size=16", "model.num_classes=10", "model.energy_net.base_channels=8",
+    summary, _ = train(tmp_path, ray_cluster, "--config", "pipeline/configs/digits.yaml", "run.name=digits",
+                       "train.iterations=4", "train.batch_size=16", "model.num_classes=10", "model.energy_net.base_channels=8",
                        "model.initializer.base_channels=16", "eval.num_samples=10", "generation.batch_size=4",
                        "eval.every=2", "data.name=digits", "langevin.num_steps=2",
                        f"tracking.uri={local_stack.mlflow_uri}", env=local_stack.env)
@@ -174,7 +178,8 @@ def test_class_conditional_image_nets_on_two_workers_with_digits_fid(local_stack
                            "--json", str(report_path), "--out-dir", str(tmp_path / "evaluate"),
                            "--tracking-uri", local_stack.mlflow_uri, "--log-to", run_id],
                           cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **local_stack.env})
+                          env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **ray_cluster.driver_env,
+                               **local_stack.env})
     assert proc.returncode == 0, proc.stderr[-4000:]
     report = json.loads(report_path.read_text())
     assert report["workers"] == 2 and report["dataset_version"] == summary["dataset_version"]

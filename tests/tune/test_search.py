@@ -23,9 +23,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
 def search(tmp_path: Path, env: dict, name: str, summary: Path) -> subprocess.CompletedProcess:
+    """tune/search.py with its default --ray-address auto: it joins the cluster RAY_ADDRESS in ``env`` names."""
     proc = subprocess.run(
         [sys.executable, "tune/search.py", "--space", SPACE, "--num-samples", "1", "--max-concurrent", "2",
-         "--ray-address", "local", "--name", name, "--best-out", str(tmp_path / "best.yaml"), "--summary", str(summary), *TINY_TOY,
+         "--name", name, "--best-out", str(tmp_path / "best.yaml"), "--summary", str(summary), *TINY_TOY,
          f"run.output_dir={tmp_path}", "tracking.experiment=tune-test"],
         cwd=REPO, capture_output=True, text=True, timeout=1100,
         env={**os.environ, **env, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"},
@@ -39,11 +40,11 @@ def metric_steps(client, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
-def test_search_tracks_trials_in_mlflow_writes_best_config_and_resumes(local_stack, tmp_path):
+def test_search_tracks_trials_in_mlflow_writes_best_config_and_resumes(ray_cluster, local_stack, tmp_path):
     from mlflow import MlflowClient
 
     first = tmp_path / "first.json"
-    search(tmp_path, local_stack.env, "tiny", first)
+    search(tmp_path, {**local_stack.env, **ray_cluster.driver_env}, "tiny", first)
     summary = json.loads(first.read_text())
     trials = {t["trial_id"]: t for t in summary["trials"]}
     assert summary["num_trials"] == 4 and not summary["interrupted"] and summary["num_errored"] == 0
@@ -92,7 +93,7 @@ def test_search_tracks_trials_in_mlflow_writes_best_config_and_resumes(local_sta
 
     # The same command again resumes the finished search: no new trials, no new runs, nothing retrained.
     second = tmp_path / "second.json"
-    proc = search(tmp_path, local_stack.env, "tiny", second)
+    proc = search(tmp_path, {**local_stack.env, **ray_cluster.driver_env}, "tiny", second)
     assert "resuming search 'tiny'" in proc.stdout
     again = json.loads(second.read_text())
     assert sorted(t["trial_id"] for t in again["trials"]) == sorted(trials)
