@@ -123,6 +123,11 @@ def ray_dataset(uri: str, manifest: Manifest, columns: list[str] | None = None) 
     use_v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
         return ray.data.read_parquet(paths, filesystem=filesystem, partitioning=None).select_columns(selected)
+    except OSError as error:  # raised in Ray tasks: this driver read the manifest, the Ray workers cannot read
+        cause = getattr(error, "cause", None) or error  # a RayTaskError's own text is the remote traceback
+        raise DatasetError(f"{uri}: the Ray workers cannot read the shards ({one_line(cause)}); on a cluster they "
+                           "need the storage credentials too, on the nodes or in the job's runtime env "
+                           "(ray job submit --runtime-env-json)") from None
     finally:
         context.use_datasource_v2 = use_v2
 

@@ -42,3 +42,13 @@ def test_ray_job_submit_with_runtime_env(ray_cluster, local_stack, tmp_path):
     result = json.loads(summary.read_text())
     assert result["step"] == 8 and result["checkpoint"].startswith(f"s3://{local_stack.bucket}/job-ckpt/job/")
     assert result["mlflow"]["tracking_uri"] == local_stack.mlflow_uri
+
+    # The same run from a driver that joins the head directly, the credentials in the driver's environment
+    # only: the cluster's workers cannot read the shards, and the user gets one line saying why.
+    direct = subprocess.run([sys.executable, *command[command.index("pipeline/train.py"):], "run.name=direct"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **local_stack.env, **ray_cluster.driver_env})
+    errors = [line for line in direct.stderr.splitlines() if line.startswith("error:")]
+    assert direct.returncode == 2 and len(errors) == 1, direct.stderr[-4000:]
+    assert f"s3://{local_stack.bucket}/data/job-toy: the Ray workers cannot read the shards" in errors[0]
+    assert "credentials" in errors[0] and "Traceback" not in errors[0]
