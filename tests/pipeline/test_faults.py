@@ -118,7 +118,9 @@ def test_outages_corruption_driver_loss_and_secrets(local_stack, tmp_path, ray_t
     from pipeline.datasets.writer import write_dataset
 
     bucket = local_stack.bucket
-    write_dataset(open_source("8squares", num_points=2000, seed=0), f"s3://{bucket}/data/{RUN}", num_shards=2)
+    # 4000 points = 62 global batches of 64: phase 1's 60 steps are one epoch, read from S3 once at its start,
+    # so during the outage the run's next S3 operation is a checkpoint upload (our retries), never a data read.
+    write_dataset(open_source("8squares", num_points=4000, seed=0), f"s3://{bucket}/data/{RUN}", num_shards=2)
     s3 = boto3.client("s3", endpoint_url=local_stack.s3_endpoint, region_name="us-east-1",
                       aws_access_key_id=local_stack.access_key, aws_secret_access_key=local_stack.secret_key)
     client = MlflowClient(local_stack.mlflow_uri)
