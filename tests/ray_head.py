@@ -16,6 +16,7 @@ from pathlib import Path
 from infra.local.processes import run_processes
 
 BIN = Path(sys.executable).parent
+HEAD_MARKER = "CDRL_TEST_RAY_HEAD"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ def ray_head(ray_tmp: Path, num_cpus: int = 2) -> Iterator[RayHead]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_ADDRESS"))}
     env["PATH"] = f"{BIN}:{env['PATH']}"
     env["RAY_TMPDIR"] = str(ray_tmp)
+    # Seen once: the head's dashboard and runtime-env agents outlived the head, without RAY_TMPDIR in their
+    # environments. This marker (and the API server address below, which they kept) finds every process.
+    env[HEAD_MARKER] = str(ray_tmp)
     # Ray 2.60 turns token authentication on for local clusters; the CLI needs the mode set to send the
     # token from ~/.ray/auth_token (created on first use). The README gives users the same export.
     env["RAY_AUTH_MODE"] = "token"
@@ -60,6 +64,7 @@ def ray_head(ray_tmp: Path, num_cpus: int = 2) -> Iterator[RayHead]:
     try:
         yield RayHead(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env)
     finally:
-        for pid in run_processes(f"RAY_TMPDIR={ray_tmp}"):
+        markers = (f"{HEAD_MARKER}={ray_tmp}", f"RAY_API_SERVER_ADDRESS={env['RAY_API_SERVER_ADDRESS']}")
+        for pid in {pid for marker in markers for pid in run_processes(marker)}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
