@@ -43,7 +43,7 @@ train: install
 # always runs, any failing fails the target; the fault test's output is printed after the parallel part's.
 # One intra-op thread per process (OMP_NUM_THREADS=1, what Ray gives its workers anyway): the tests' nets are
 # tiny, and two xdist workers beside a Ray run, each with torch's two spinning OpenMP threads, oversubscribe
-# two cores (measured: the non-Ray part 233 s against 477 s). --durations lists each part's slowest tests.
+# two cores (measured: the non-Ray part 233–361 s against 477 s). --durations lists each part's slowest tests.
 PYTEST := OMP_NUM_THREADS=1 MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q -p no:cacheprovider --durations=12
 test:
 	$(MAKE) --no-print-directory -j2 install kfp-env
