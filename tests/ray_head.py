@@ -6,17 +6,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from infra.local.network import free_port
 from infra.local.processes import run_processes
 
 BIN = Path(sys.executable).parent
-HEAD_MARKER = "CDRL_TEST_RAY_HEAD"
 
 
 @dataclass(frozen=True)
@@ -32,26 +31,17 @@ class RayHead:
         return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token"}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextlib.contextmanager
 def ray_head(ray_tmp: Path, num_cpus: int = 2) -> Iterator[RayHead]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_ADDRESS"))}
     env["PATH"] = f"{BIN}:{env['PATH']}"
     env["RAY_TMPDIR"] = str(ray_tmp)
-    # Seen once: the head's dashboard and runtime-env agents outlived the head, without RAY_TMPDIR in their
-    # environments. This marker (and the API server address below, which they kept) finds every process.
-    env[HEAD_MARKER] = str(ray_tmp)
     # Ray 2.60 turns token authentication on for local clusters; the CLI needs the mode set to send the
     # token from ~/.ray/auth_token (created on first use). The README gives users the same export.
     env["RAY_AUTH_MODE"] = "token"
     token = subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], capture_output=True, env=env, timeout=60)
     assert token.returncode == 0, token.stderr
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port = free_port("127.0.0.1"), free_port("127.0.0.1")
     # Ray Train's PlacementGroupCleaner reaches the State API at this address (every worker inherits it from
     # the raylet) instead of scanning the machine for "the" Ray cluster, which fails when there are several.
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
@@ -64,7 +54,9 @@ def ray_head(ray_tmp: Path, num_cpus: int = 2) -> Iterator[RayHead]:
     try:
         yield RayHead(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", env)
     finally:
-        markers = (f"{HEAD_MARKER}={ray_tmp}", f"RAY_API_SERVER_ADDRESS={env['RAY_API_SERVER_ADDRESS']}")
+        # Seen once: the head's dashboard and runtime-env agents outlived it without RAY_TMPDIR in their
+        # environments; they had kept the API server address, which is this head's own too.
+        markers = (f"RAY_TMPDIR={ray_tmp}", f"RAY_API_SERVER_ADDRESS={env['RAY_API_SERVER_ADDRESS']}")
         for pid in {pid for marker in markers for pid in run_processes(marker)}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
