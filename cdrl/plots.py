@@ -1,24 +1,36 @@
 """PNG figures for 2-D toys: sample scatters and the paper's per-level energy landscapes (docs/algorithm.md §11).
 
-Matplotlib runs on the Agg backend so that plotting works in headless training workers.
+Matplotlib runs on the Agg backend so that plotting works in headless training workers. It is imported on
+first use: importing pyplot costs about a second of CPU, which every Ray Train worker and driver would
+otherwise pay at start-up, most of them never plotting.
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np
 import torch
 from torch import nn
 
 from cdrl.schedule import NoiseSchedule
 
+if TYPE_CHECKING:
+    import matplotlib.pyplot as plt
+
 _PANEL_INCHES = 2.2
 _DPI = 100
 _GRID_CHUNK = 16_384
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (chosen before pyplot is first imported)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -26,7 +38,7 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -41,7 +53,7 @@ def _draw_points(ax: plt.Axes, points: np.ndarray, lim: float) -> None:
 
 def scatter_png(points: np.ndarray, path: str | Path, title: str | None = None, lim: float = 8.0) -> Path:
     """Scatter of 2-D samples (N, 2) over [-lim, lim]² saved as a PNG; returns the path (§11)."""
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = _pyplot().subplots(figsize=(4, 4))
     _draw_points(ax, points, lim)
     if title:
         ax.set_title(title)
@@ -119,7 +131,7 @@ def energy_landscape_png(
     maps = _energy_maps(energy_net, schedule, step_sizes, lim, grid, labels)
     num_rows = 2 if samples_per_level is None else 3
     num_cols = schedule.num_levels
-    fig, axes = plt.subplots(
+    fig, axes = _pyplot().subplots(
         num_rows, num_cols, figsize=(_PANEL_INCHES * num_cols, _PANEL_INCHES * num_rows), squeeze=False
     )
     extent = (-lim, lim, -lim, lim)
@@ -150,7 +162,7 @@ def image_grid_png(images: np.ndarray, path: str | Path, columns: int = 8) -> Pa
         r, c = divmod(i, columns)
         top, left = 1 + r * (height + 1), 1 + c * (width + 1)
         canvas[top : top + height, left : left + width] = (image.transpose(1, 2, 0) + 1.0) / 2.0
-    fig = plt.figure(figsize=(canvas.shape[1] / 16, canvas.shape[0] / 16))
+    fig = _pyplot().figure(figsize=(canvas.shape[1] / 16, canvas.shape[0] / 16))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(canvas.squeeze(-1) if channels == 1 else canvas, cmap="gray" if channels == 1 else None,
               vmin=0, vmax=1, interpolation="nearest")

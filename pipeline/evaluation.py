@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import linalg
 from torch import nn
 from tqdm import tqdm
 
@@ -165,6 +164,8 @@ def fid(features: np.ndarray, reference_mu: np.ndarray, reference_sigma: np.ndar
     """
     if not np.isfinite(features).all():
         return float("nan")
+    from scipy import linalg
+
     mu, sigma = feature_statistics(features)
     try:
         with warnings.catch_warnings():

@@ -1,12 +1,12 @@
 """The Fréchet distance between Gaussians fitted to features: the formula behind FID (docs/algorithm.md §9).
 
 FID applies it to InceptionV3 pool3 features, digits-FID to a digits classifier's features (both in
-``cdrl.metrics.features``). scipy (a dependency of scikit-learn) provides the matrix square root.
+``cdrl.metrics.features``). scipy (a dependency of scikit-learn) provides the matrix square root; it is
+imported on first use (a few tenths of a second that a training worker scoring 2-D toys never needs).
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg
 
 _IMAGINARY_TOLERANCE = 1e-3
 
@@ -21,6 +21,8 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _sqrtm_of_product(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> np.ndarray:
     """(Σ1 Σ2)^{1/2}; if it is not finite (near-singular covariances), retry with Σ + eps·I."""
+    from scipy import linalg
+
     covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         offset = eps * np.eye(len(sigma1))

@@ -92,8 +92,31 @@ def running(proc: subprocess.Popen) -> Callable[[], bool]:
     return lambda: proc.poll() is None
 
 
-def stderr_of(err: Path) -> Callable[[], str]:
-    return lambda: f"train.py's stderr ends:\n{err.read_text()[-3000:]}"
+def run_state(err: Path, ray_tmp: Path) -> Callable[[], str]:
+    """What a failed wait shows: the end of train.py's stderr without the MLflow client's retry lines (they
+    fill it while MLflow is down), and where the run's Ray Train processes are (their Python stacks)."""
+    def state() -> str:
+        lines = [line for line in err.read_text().splitlines() if MLFLOW_RETRY_LINE not in line]
+        return "train.py's stderr ends:\n" + "\n".join(lines[-40:]) + "\n" + ray_train_stacks(ray_tmp)
+    return state
+
+
+MLFLOW_RETRY_LINE = "Retrying (Retry("  # urllib3's line for each retried MLflow request
+
+
+def ray_train_stacks(ray_tmp: Path) -> str:
+    """py-spy dumps (py-spy comes with ray[default]) of the Ray Train controller and workers under ``ray_tmp``."""
+    dumps = []
+    for pid in run_processes(f"RAY_TMPDIR={ray_tmp}"):
+        try:
+            name = process_name(pid)
+        except OSError:  # gone meanwhile
+            continue
+        if name.startswith(("ray::TrainController", "ray::RayTrainWorker")):
+            dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
+                                  capture_output=True, text=True, timeout=60)
+            dumps.append(f"--- {name} (pid {pid}):\n{dump.stdout or dump.stderr}")
+    return "\n".join(dumps)
 
 
 def logged_steps(client: MlflowClient, experiment: str) -> list[int]:
@@ -132,13 +155,13 @@ def test_outages_corruption_driver_loss_and_secrets(local_stack, tmp_path, ray_t
         # 15 Langevin steps (the official count) make the 60 iterations last long enough for both stops.
         proc, out, err = start_train(tmp_path, ray_tmp, local_stack, "outage", "train.iterations=60")
         wait_for(lambda: logged_steps(client, "faults"), "the first metrics in MLflow", 300, running(proc),
-                 stderr_of(err))
+                 run_state(err, ray_tmp))
         local_stack.stop_server("mlflow")
         servers_down.append("mlflow")
         wait_for(lambda: "metrics are buffered" in err.read_text(), "MLflow writes buffered", 300, running(proc),
-                 stderr_of(err))
+                 run_state(err, ray_tmp))
         wait_for(lambda: any(r["step"] == 20 for r in checkpoints(s3, bucket).values()), "checkpoint 20", 300,
-                 running(proc), stderr_of(err))
+                 running(proc), run_state(err, ray_tmp))
         ray_pids = run_processes(f"RAY_TMPDIR={ray_tmp}")
         listening = listening_addresses(ray_pids)
         local_stack.stop_server("s3")
@@ -147,7 +170,8 @@ def test_outages_corruption_driver_loss_and_secrets(local_stack, tmp_path, ray_t
         # OUTAGE_S); bounded well inside the default storage wait (600 s), so the run must still ride it out.
         stopped_at = time.monotonic()
         wait_for(lambda: time.monotonic() - stopped_at >= OUTAGE_S and "retrying for up to" in err.read_text(),
-                 "the S3 outage to last OUTAGE_S and be seen by storage", MAX_OUTAGE_S, running(proc), stderr_of(err))
+                 "the S3 outage to last OUTAGE_S and be seen by storage", MAX_OUTAGE_S, running(proc),
+                 run_state(err, ray_tmp))
         for name in ("s3", "mlflow"):
             local_stack.start_server(name)
             servers_down.remove(name)
@@ -180,7 +204,7 @@ def test_outages_corruption_driver_loss_and_secrets(local_stack, tmp_path, ray_t
         s3.put_object(Bucket=bucket, Key=key, Body=payload[: len(payload) // 2])
         proc, out, err = start_train(tmp_path, ray_tmp, local_stack, "killed", "train.iterations=100000")
         wait_for(lambda: any(r["step"] == 60 for n, r in checkpoints(s3, bucket).items() if n != newest),
-                 "a checkpoint written after resuming from step 40", 300, running(proc), stderr_of(err))
+                 "a checkpoint written after resuming from step 40", 300, running(proc), run_state(err, ray_tmp))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         stderr = err.read_text()
@@ -194,7 +218,7 @@ def test_outages_corruption_driver_loss_and_secrets(local_stack, tmp_path, ray_t
         proc, out, err = start_train(tmp_path, ray_tmp, local_stack, "resubmit", "train.iterations=100000",
                                      "faults.storage_wait_s=4", "ray.max_failures=0")
         resumed = wait_for(lambda: re.search(r"resuming faults from \S+ \(step (\d+)\)", out.read_text()),
-                           "the resume line", 600, running(proc), stderr_of(err))
+                           "the resume line", 600, running(proc), run_state(err, ray_tmp))
         assert int(resumed.group(1)) >= 60
         local_stack.stop_server("s3")
         servers_down.append("s3")

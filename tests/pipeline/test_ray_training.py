@@ -1,8 +1,8 @@
 """Ray Train integration: real local Ray (2 CPU workers), real SeaweedFS S3, real MLflow server.
 
-Each run is `python pipeline/train.py` in a subprocess, exactly as a user runs it: the S3 run with the embedded
-default (the driver starts a local Ray of its own, which inherits the driver's S3 credentials), the others on a
-cluster, the session's Ray head (the ``ray_cluster`` fixture), which they join through RAY_ADDRESS.
+Each run is `python pipeline/train.py` in a subprocess, exactly as a user runs it, on a cluster: the session's
+Ray head (the ``ray_cluster`` fixture), which they join through RAY_ADDRESS. The S3 + MLflow server + registry
+run is `ray job submit` (tests/pipeline/test_ray_job_submit.py).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 import torch
@@ -28,14 +27,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 RAY_TOY = [*TINY_TOY, "ray.num_workers=2", "ray.cpus_per_worker=0.5", "train.log_every=4", "eval.num_samples=200"]
 
 
-def train(tmp_path: Path, cluster: RayHead | None, *overrides: str, env: dict | None = None,
+def train(tmp_path: Path, cluster: RayHead, *overrides: str, env: dict | None = None,
           check: bool = True) -> tuple[dict, subprocess.CompletedProcess]:
     summary = tmp_path / f"summary-{len(list(tmp_path.glob('summary-*')))}.json"
     proc = subprocess.run(
         [sys.executable, "pipeline/train.py", *RAY_TOY, f"run.output_dir={tmp_path}", *overrides, "--summary", str(summary)],
         cwd=REPO, capture_output=True, text=True, timeout=900,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-             **(cluster.driver_env if cluster else {}), **(env or {})},
+             **cluster.driver_env, **(env or {})},
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
@@ -46,90 +45,6 @@ def final_state(summary: dict) -> list[torch.Tensor]:
     state = load_checkpoint(summary["checkpoint"])["trainer"]
     tensors = [t for net in state["nets"].values() for t in net.values()]
     return tensors + [s for ema in state["emas"].values() for s in ema["shadow"]]
-
-
-def test_two_workers_s3_shards_s3_checkpoints_mlflow_server(local_stack, tmp_path):
-    env = local_stack.env
-    bucket = local_stack.bucket
-    prep = subprocess.run([sys.executable, "pipeline/prepare_data.py", "--dataset", "8squares", "--num-points", "2000",
-                           "--out", f"s3://{bucket}/data/toy", "--shards", "2"],
-                          cwd=REPO, capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
-    assert prep.returncode == 0, prep.stderr
-    summary, _ = train(tmp_path, None, "run.name=s3run", "train.iterations=12", "train.checkpoint_every=4",
-                       "run.keep_checkpoints=2", "eval.every=8", "eval.plot=true", f"data.uri=s3://{bucket}/data/toy",
-                       f"run.storage_path=s3://{bucket}/ckpt", f"tracking.uri={local_stack.mlflow_uri}",
-                       env={**env, "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"})
-    assert summary["step"] == 12 and summary["num_workers"] == 2
-    assert summary["checkpoint"].startswith(f"s3://{bucket}/ckpt/s3run/checkpoint_")
-
-    s3 = boto3.client("s3", endpoint_url=local_stack.s3_endpoint, aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                      aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"], region_name="us-east-1")
-    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="ckpt/s3run/")["Contents"]]
-    checkpoints = sorted({k.split("/")[2] for k in keys if k.endswith("/checkpoint.pt")})
-    assert len(checkpoints) == 2  # keep the last K = 2 of the checkpoints at steps 4, 8, 12
-    assert summary["checkpoint"].removeprefix(f"s3://{bucket}/").split("/")[2] == checkpoints[-1]
-
-    from mlflow import MlflowClient
-
-    client = MlflowClient(local_stack.mlflow_uri)
-    run = client.get_run(summary["mlflow"]["run_id"])
-    assert run.info.status == "FINISHED"
-    assert run.data.params["train.iterations"] == "12" and run.data.params["ray.num_workers"] == "2"
-    for metric in ("energy_loss", "initializer_loss", "energy_positive/level_1", "energy_negative/level_4",
-                   "langevin_displacement/level_3", "grad_norm/energy_net", "lr/initializer", "samples_per_s",
-                   "eval/in_support", "eval/mmd_bw1", "eval/cost_s", "eval/samples_per_s"):
-        assert metric in run.data.metrics, metric
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "energy_loss")] == [4, 8, 12]
-    assert run.data.tags["dataset_version"] == summary["dataset_version"]
-    assert run.data.tags["checkpoint_uri"] == summary["checkpoint"]
-    # MLflow's conventions: standard source tags set by the driver, the dataset as an input, system metrics
-    # from rank 0, a model-training experiment.
-    assert run.data.tags["mlflow.source.name"] == "pipeline/train.py" and run.data.tags["mlflow.source.type"] == "JOB"
-    assert len(run.data.tags["mlflow.source.git.commit"]) in (40, len("unknown"))
-    assert run.data.tags["cdrl.run_kind"] == "train" and run.info.run_name == "s3run"
-    (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.digest == summary["dataset_version"][:36]
-    assert dataset_input.dataset.source_type == "s3" and f"s3://{bucket}/data/toy" in dataset_input.dataset.source
-    assert {(t.key, t.value) for t in dataset_input.tags} == {("mlflow.data.context", "training")}
-    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics), sorted(run.data.metrics)
-    experiment = client.get_experiment(run.info.experiment_id)
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    images = [f.path for f in client.list_artifacts(run.info.run_id, "images/step_00000008")]
-    assert {Path(p).name for p in images} == {"energy_landscape_step_00000008.png", "samples_step_00000008.png"}
-    assert any(k.startswith("mlartifacts/") for k in
-               (o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="mlartifacts/")["Contents"]))
-
-    # The finished run registered one model version from the driver; it round-trips through the server's
-    # proxied artifacts (S3), and sample.py / evaluate.py take it as models:/NAME@champion.
-    import mlflow
-    import pandas as pd
-
-    registered = summary["registered_model"]  # the session's server may already hold versions of other tests' runs
-    assert registered["name"] == "cdrl-8squares" and registered["version"].isdigit()
-    version = client.get_model_version("cdrl-8squares", registered["version"])
-    assert version.run_id == run.info.run_id and version.tags["dataset_version"] == summary["dataset_version"]
-    assert version.tags["checkpoint_uri"] == summary["checkpoint"]
-    client.set_registered_model_alias("cdrl-8squares", "champion", registered["version"])
-    mlflow.set_tracking_uri(local_stack.mlflow_uri)
-    model = mlflow.pyfunc.load_model("models:/cdrl-8squares@champion")
-    assert model.predict(pd.DataFrame({"num_samples": [5], "steps_per_level": [1]})).shape == (5, 2)
-
-    user_env = {**os.environ, **env, "MLFLOW_TRACKING_URI": local_stack.mlflow_uri}
-    out = tmp_path / "s.npy"
-    proc = subprocess.run([sys.executable, "pipeline/sample.py", "--model", "models:/cdrl-8squares@champion",
-                           "--num-samples", "16", "--out", str(out), "--steps-per-level", "1"],
-                          cwd=REPO, capture_output=True, text=True, env=user_env, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert np.load(out).shape == (16, 2)
-    report_path = tmp_path / "champion.json"
-    proc = subprocess.run([sys.executable, "pipeline/evaluate.py", "--model", "models:/cdrl-8squares@champion",
-                           "--num-samples", "200", "--workers", "0", "--json", str(report_path),
-                           "--out-dir", str(tmp_path / "eval")],
-                          cwd=REPO, capture_output=True, text=True, env=user_env, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(report_path.read_text())
-    assert report["dataset_version"] == summary["dataset_version"] and report["step"] == 12
-    assert report["primary_metric"]["name"] == "eval/in_support"
 
 
 def test_resume_and_crash_recovery_equal_a_straight_run(ray_cluster, tmp_path):

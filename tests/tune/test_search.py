@@ -1,7 +1,7 @@
 """tune/search.py end to end: real local Ray, real `mlflow server` (the local_stack fixture), the tiny toy.
 
-One 4-trial search with ASHA on tests/tune/tiny_space.yaml (two sane and two broken step multipliers, the
-broken ones sampled after the sane ones, so ASHA always has sane results to stop them against), then the same
+One 3-trial search with ASHA on tests/tune/tiny_space.yaml (two sane step multipliers and one broken, the
+broken one sampled after the sane ones, so ASHA always has a sane result to stop it against), then the same
 command again, which must resume the finished search instead of starting a new one.
 """
 from __future__ import annotations
@@ -47,12 +47,12 @@ def test_search_tracks_trials_in_mlflow_writes_best_config_and_resumes(ray_clust
     search(tmp_path, {**local_stack.env, **ray_cluster.driver_env}, "tiny", first)
     summary = json.loads(first.read_text())
     trials = {t["trial_id"]: t for t in summary["trials"]}
-    assert summary["num_trials"] == 4 and not summary["interrupted"] and summary["num_errored"] == 0
+    assert summary["num_trials"] == 3 and not summary["interrupted"] and summary["num_errored"] == 0
     multipliers = sorted(t["params"]["langevin.step_multiplier"] for t in trials.values())
-    assert multipliers == [1.0, 1.2, 30.0, 40.0]
+    assert multipliers == [1.0, 1.2, 30.0]
     stopped = [t for t in trials.values() if t["early_stopped"]]
     broken = [t for t in trials.values() if t["params"]["langevin.step_multiplier"] > 10]
-    assert all(t["early_stopped"] for t in broken)  # ASHA stopped both against the sane ones' results
+    assert broken and all(t["early_stopped"] for t in broken)  # ASHA stopped it against a sane result
     assert all(t["train_seconds"] < 4 for t in stopped)  # before the budget
     best = summary["best"]
     assert best["params"]["langevin.step_multiplier"] in (1.0, 1.2) and 0 < best["metric"] <= 1
@@ -62,7 +62,7 @@ def test_search_tracks_trials_in_mlflow_writes_best_config_and_resumes(ray_clust
     experiment = client.get_experiment_by_name("tune-test")
     parent = client.get_run(summary["mlflow"]["parent_run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["tune.search"] == "tiny"
-    assert parent.data.metrics["tune/trials"] == 4 and parent.data.metrics["tune/early_stopped"] == len(stopped)
+    assert parent.data.metrics["tune/trials"] == 3 and parent.data.metrics["tune/early_stopped"] == len(stopped)
     assert parent.data.metrics["tune/best_objective"] == pytest.approx(best["objective"])
     assert parent.data.tags["tune.best_trial_id"] == best["trial_id"]
     assert parent.data.params["search.metric"] == "eval/in_support" and parent.data.params["search.budget_s"] == "4.0"
