@@ -2,9 +2,10 @@
 
 One training run name goes through every fault in turn, so the Ray start-up cost is paid three times only:
 
-1. MLflow stopped, then S3 too for 60 s mid-run, then both restarted: the run rides it out (checkpoint uploads retry
-   with backoff, MLflow writes are buffered) and ends at its target step with no resubmit, every metric in
-   MLflow and every checkpoint in S3 complete. The embedded Ray listens on loopback only.
+1. MLflow stopped, then S3 too, mid-run; MLflow back after 60 s, S3 once storage has noticed its outage (60 s
+   or more): the run rides it out (checkpoint uploads retry with backoff, MLflow writes are buffered) and ends
+   at its target step with no resubmit, every metric in MLflow and every checkpoint in S3 complete. The
+   embedded Ray listens on loopback only.
 2. The newest checkpoint is truncated in S3 and the run resubmitted: it warns, resumes from the previous
    one; then its driver is killed (SIGKILL to the process group).
 3. Resubmitted with the same run name: resumes from the newest checkpoint, the orphaned MLflow run is ended
@@ -150,9 +151,9 @@ def test_outages_corruption_driver_loss_and_secrets(local_stack, tmp_path, ray_t
     servers_down: list[str] = []
     try:
         # ------------------------------------------- 1. MLflow down, then S3 too for 60 s
-        # MLflow goes first, once the run logs to it, and stays down until S3 is back: its buffering is then
-        # exercised whatever the timing (with both stopped at once, a run blocked on S3 may log nothing).
-        # 15 Langevin steps (the official count) make the 60 iterations last long enough for both stops.
+        # MLflow goes first, once the run logs to it: its buffering is then exercised whatever the timing (with
+        # both stopped at once, a run blocked on S3 may log nothing). 15 Langevin steps (the official count) make
+        # the 60 iterations outlast the MLflow stop.
         proc, out, err = start_train(tmp_path, ray_tmp, local_stack, "outage", "train.iterations=60")
         wait_for(lambda: logged_steps(client, "faults"), "the first metrics in MLflow", 300, running(proc),
                  run_state(err, ray_tmp))
@@ -166,15 +167,19 @@ def test_outages_corruption_driver_loss_and_secrets(local_stack, tmp_path, ray_t
         listening = listening_addresses(ray_pids)
         local_stack.stop_server("s3")
         servers_down.append("s3")
-        # Down for OUTAGE_S and until storage has noticed (a loaded machine may not reach checkpoint 40 inside
-        # OUTAGE_S); bounded well inside the default storage wait (600 s), so the run must still ride it out.
+        # Both down for OUTAGE_S. Then MLflow comes back and S3 stays down until storage has noticed: on a quick
+        # machine the run may have passed checkpoint 40 before S3 went down and be waiting at its last step for
+        # MLflow to take the buffered metrics (faults.tracking_flush_s), before its final checkpoint upload,
+        # which then meets the outage. Bounded well inside the default storage wait (600 s).
         stopped_at = time.monotonic()
-        wait_for(lambda: time.monotonic() - stopped_at >= OUTAGE_S and "retrying for up to" in err.read_text(),
-                 "the S3 outage to last OUTAGE_S and be seen by storage", MAX_OUTAGE_S, running(proc),
-                 run_state(err, ray_tmp))
-        for name in ("s3", "mlflow"):
-            local_stack.start_server(name)
-            servers_down.remove(name)
+        wait_for(lambda: time.monotonic() - stopped_at >= OUTAGE_S, "the outage's first OUTAGE_S", OUTAGE_S + 5,
+                 running(proc), run_state(err, ray_tmp))
+        local_stack.start_server("mlflow")
+        servers_down.remove("mlflow")
+        wait_for(lambda: "retrying for up to" in err.read_text(), "storage to see the S3 outage",
+                 MAX_OUTAGE_S - OUTAGE_S, running(proc), run_state(err, ray_tmp))
+        local_stack.start_server("s3")
+        servers_down.remove("s3")
         assert finish(proc) == 0, err.read_text()[-5000:]
         summary = json.loads((tmp_path / "outage.json").read_text())
         assert summary["step"] == 60 and summary["mlflow_unsent_metrics"] == 0
