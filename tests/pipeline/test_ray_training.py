@@ -70,7 +70,7 @@ def test_class_conditional_image_nets_on_two_workers_with_digits_fid(ray_cluster
     summary, _ = train(tmp_path, ray_cluster, "--config", "pipeline/configs/digits.yaml", "run.name=digits",
                        "train.iterations=4", "train.batch_size=16", "model.num_classes=10", "model.energy_net.base_channels=8",
                        "model.initializer.base_channels=16", "eval.num_samples=10", "generation.batch_size=4",
-                       "eval.every=2", "data.name=digits", "langevin.num_steps=2",
+                       "eval.every=2", "data.name=digits", "langevin.num_steps=2", "registry.enabled=false",
                        f"tracking.uri={local_stack.mlflow_uri}", env=local_stack.env)
     assert summary["step"] == 4 and summary["metrics"]["sample_nan_fraction"] == 0.0
     final_fid = summary["metrics"]["fid/digits_10"]
