@@ -2,10 +2,9 @@
 
 One training run name goes through every fault in turn, so the Ray start-up cost is paid three times only:
 
-1. MLflow stopped, then S3 too, mid-run; MLflow back after 60 s, S3 once storage has noticed its outage (60 s
-   or more): the run rides it out (checkpoint uploads retry with backoff, MLflow writes are buffered) and ends
-   at its target step with no resubmit, every metric in MLflow and every checkpoint in S3 complete. The
-   embedded Ray listens on loopback only.
+1. MLflow stopped, then S3 too for 60 s mid-run, then both restarted: the run rides it out (checkpoint uploads retry
+   with backoff, MLflow writes are buffered) and ends at its target step with no resubmit, every metric in
+   MLflow and every checkpoint in S3 complete. The embedded Ray listens on loopback only.
 2. The newest checkpoint is truncated in S3 and the run resubmitted: it warns, resumes from the previous
    one; then its driver is killed (SIGKILL to the process group).
 3. Resubmitted with the same run name: resumes from the newest checkpoint, the orphaned MLflow run is ended
@@ -41,6 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.waits]
 
 OUTAGE_S = 60
+ITERATIONS, CHECKPOINT_EVERY = 120, 20
 MAX_OUTAGE_S = 240  # far inside faults.storage_wait_s (600 s by default)
 RUN = "faults"
 # Short MLflow client retries (its defaults retry for minutes): the 60 s outage outlasts them many times.
@@ -56,8 +56,8 @@ def start_train(tmp_path: Path, ray_tmp: Path, stack, phase: str, *overrides: st
     command = [sys.executable, "pipeline/train.py", *RAY_TOY, f"run.output_dir={tmp_path}", f"run.name={RUN}",
                f"data.uri=s3://{stack.bucket}/data/{RUN}", f"run.storage_path=s3://{stack.bucket}/ckpt",
                f"tracking.uri={stack.mlflow_uri}", "tracking.experiment=faults", "train.log_every=2",
-               "train.checkpoint_every=20", "run.keep_checkpoints=2", "langevin.num_steps=15", *overrides,
-               "--summary", str(tmp_path / f"{phase}.json")]
+               f"train.checkpoint_every={CHECKPOINT_EVERY}", "run.keep_checkpoints=2", "langevin.num_steps=15",
+               *overrides, "--summary", str(tmp_path / f"{phase}.json")]
     with out.open("w") as stdout, err.open("w") as stderr:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
     STARTED.append(proc)
@@ -142,8 +142,8 @@ def test_outages_corruption_driver_loss_and_secrets(local_stack, tmp_path, ray_t
     from pipeline.datasets.writer import write_dataset
 
     bucket = local_stack.bucket
-    # 4000 points = 62 global batches of 64: phase 1's 60 steps are one epoch, read from S3 once at its start,
-    # so during the outage the run's next S3 operation is a checkpoint upload (our retries), never a data read.
+    # The workers read the shards into memory once, at the start: during the outage the run's S3 operations are
+    # checkpoint writes.
     write_dataset(open_source("8squares", num_points=4000, seed=0), f"s3://{bucket}/data/{RUN}", num_shards=2)
     s3 = boto3.client("s3", endpoint_url=local_stack.s3_endpoint, region_name="us-east-1",
                       aws_access_key_id=local_stack.access_key, aws_secret_access_key=local_stack.secret_key)
@@ -151,46 +151,45 @@ def test_outages_corruption_driver_loss_and_secrets(local_stack, tmp_path, ray_t
     servers_down: list[str] = []
     try:
         # ------------------------------------------- 1. MLflow down, then S3 too for 60 s
-        # MLflow goes first, once the run logs to it: its buffering is then exercised whatever the timing (with
-        # both stopped at once, a run blocked on S3 may log nothing). 15 Langevin steps (the official count) make
-        # the 60 iterations outlast the MLflow stop.
-        proc, out, err = start_train(tmp_path, ray_tmp, local_stack, "outage", "train.iterations=60")
+        # MLflow goes first, once the run logs to it, and stays down until S3 is back: its buffering is then
+        # exercised whatever the timing (with both stopped at once, a run blocked on S3 may log nothing).
+        # S3 goes at the first checkpoint, whose upload the test sees; stopping it takes seconds, in which a quick
+        # machine trains 20-40 steps: ITERATIONS leaves 100, so a later checkpoint meets the outage, never the
+        # run's last step (there the run first waits for MLflow to take the buffered metrics and images, and the
+        # images reach S3 through the MLflow server: with both down it would wait faults.tracking_flush_s).
+        proc, out, err = start_train(tmp_path, ray_tmp, local_stack, "outage", f"train.iterations={ITERATIONS}")
         wait_for(lambda: logged_steps(client, "faults"), "the first metrics in MLflow", 300, running(proc),
                  run_state(err, ray_tmp))
         local_stack.stop_server("mlflow")
         servers_down.append("mlflow")
         wait_for(lambda: "metrics are buffered" in err.read_text(), "MLflow writes buffered", 300, running(proc),
                  run_state(err, ray_tmp))
-        wait_for(lambda: any(r["step"] == 20 for r in checkpoints(s3, bucket).values()), "checkpoint 20", 300,
-                 running(proc), run_state(err, ray_tmp))
-        ray_pids = run_processes(f"RAY_TMPDIR={ray_tmp}")
-        listening = listening_addresses(ray_pids)
+        wait_for(lambda: checkpoints(s3, bucket), "the first checkpoint", 300, running(proc), run_state(err, ray_tmp))
         local_stack.stop_server("s3")
         servers_down.append("s3")
-        # Both down for OUTAGE_S. Then MLflow comes back and S3 stays down until storage has noticed: on a quick
-        # machine the run may have passed checkpoint 40 before S3 went down and be waiting at its last step for
-        # MLflow to take the buffered metrics (faults.tracking_flush_s), before its final checkpoint upload,
-        # which then meets the outage. Bounded well inside the default storage wait (600 s).
+        ray_pids = run_processes(f"RAY_TMPDIR={ray_tmp}")
+        listening = listening_addresses(ray_pids)
+        # Down for OUTAGE_S and until storage has noticed (a loaded machine may not reach the next checkpoint inside
+        # OUTAGE_S); bounded well inside the default storage wait (600 s), so the run must still ride it out.
         stopped_at = time.monotonic()
-        wait_for(lambda: time.monotonic() - stopped_at >= OUTAGE_S, "the outage's first OUTAGE_S", OUTAGE_S + 5,
-                 running(proc), run_state(err, ray_tmp))
-        local_stack.start_server("mlflow")
-        servers_down.remove("mlflow")
-        wait_for(lambda: "retrying for up to" in err.read_text(), "storage to see the S3 outage",
-                 MAX_OUTAGE_S - OUTAGE_S, running(proc), run_state(err, ray_tmp))
-        local_stack.start_server("s3")
-        servers_down.remove("s3")
+        wait_for(lambda: time.monotonic() - stopped_at >= OUTAGE_S and "retrying for up to" in err.read_text(),
+                 "the S3 outage to last OUTAGE_S and be seen by storage", MAX_OUTAGE_S, running(proc),
+                 run_state(err, ray_tmp))
+        for name in ("s3", "mlflow"):
+            local_stack.start_server(name)
+            servers_down.remove(name)
         assert finish(proc) == 0, err.read_text()[-5000:]
         summary = json.loads((tmp_path / "outage.json").read_text())
-        assert summary["step"] == 60 and summary["mlflow_unsent_metrics"] == 0
+        assert summary["step"] == ITERATIONS and summary["mlflow_unsent_metrics"] == 0
         stderr = err.read_text()
         assert "retrying for up to" in stderr and "answers again" in stderr  # storage waited, then went on
         assert "metrics are buffered" in stderr  # MLflow's outage outlasted its client's retries
         run = client.get_run(summary["mlflow"]["run_id"])
         assert run.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "energy_loss")] == list(range(2, 61, 2))
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "energy_loss")]
+        assert steps == list(range(2, ITERATIONS + 1, 2))
         records = checkpoints(s3, bucket)
-        assert [r["step"] for r in records.values()] == [40, 60]
+        assert [r["step"] for r in records.values()] == [ITERATIONS - CHECKPOINT_EVERY, ITERATIONS]
         for name in records:  # every checkpoint in S3 is complete and verifies
             payload = s3.get_object(Bucket=bucket, Key=f"ckpt/{RUN}/{name}/checkpoint.pt")["Body"].read()
             record = s3.get_object(Bucket=bucket, Key=f"ckpt/{RUN}/{name}/checkpoint.pt.sha256")["Body"].read()
@@ -208,14 +207,15 @@ def test_outages_corruption_driver_loss_and_secrets(local_stack, tmp_path, ray_t
         payload = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         s3.put_object(Bucket=bucket, Key=key, Body=payload[: len(payload) // 2])
         proc, out, err = start_train(tmp_path, ray_tmp, local_stack, "killed", "train.iterations=100000")
-        wait_for(lambda: any(r["step"] == 60 for n, r in checkpoints(s3, bucket).items() if n != newest),
-                 "a checkpoint written after resuming from step 40", 300, running(proc), run_state(err, ray_tmp))
+        wait_for(lambda: any(r["step"] == ITERATIONS for n, r in checkpoints(s3, bucket).items() if n != newest),
+                 "a checkpoint written after resuming from the previous one", 300, running(proc),
+                 run_state(err, ray_tmp))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         stderr = err.read_text()
         assert f"{newest}/checkpoint.pt: " in stderr and "falling back to the previous checkpoint" in stderr
         assert f"resuming {RUN} from s3://{bucket}/ckpt/{RUN}/checkpoint_" in out.read_text()
-        assert "(step 40)" in out.read_text()
+        assert f"(step {ITERATIONS - CHECKPOINT_EVERY})" in out.read_text()
         orphan = client.get_run(summary["mlflow"]["run_id"])
         assert orphan.info.status == "RUNNING"  # nobody could mark it: the driver is gone
 
@@ -224,7 +224,7 @@ def test_outages_corruption_driver_loss_and_secrets(local_stack, tmp_path, ray_t
                                      "faults.storage_wait_s=4", "ray.max_failures=0")
         resumed = wait_for(lambda: re.search(r"resuming faults from \S+ \(step (\d+)\)", out.read_text()),
                            "the resume line", 600, running(proc), run_state(err, ray_tmp))
-        assert int(resumed.group(1)) >= 60
+        assert int(resumed.group(1)) >= ITERATIONS
         local_stack.stop_server("s3")
         servers_down.append("s3")
         assert finish(proc) == 1, err.read_text()[-5000:]
