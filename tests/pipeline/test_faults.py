@@ -32,6 +32,7 @@ from mlflow import MlflowClient
 
 from cdrl.checkpoint import verify
 from tests.pipeline.test_ray_training import RAY_TOY
+from tests.ray_head import BIN
 from infra.local.processes import run_processes
 from tests.sockets import is_loopback, listening_addresses
 from tests.waiting import wait_for
@@ -46,6 +47,7 @@ RUN = "faults"
 # Short MLflow client retries (its defaults retry for minutes): the 60 s outage outlasts them many times.
 MLFLOW_CLIENT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+MLFLOW_RETRY_LINE = "Retrying (Retry("  # urllib3's line for each retried MLflow request
 
 
 def start_train(tmp_path: Path, ray_tmp: Path, stack, phase: str, *overrides: str) -> tuple[subprocess.Popen, Path, Path]:
@@ -102,9 +104,6 @@ def run_state(err: Path, ray_tmp: Path) -> Callable[[], str]:
     return state
 
 
-MLFLOW_RETRY_LINE = "Retrying (Retry("  # urllib3's line for each retried MLflow request
-
-
 def ray_train_stacks(ray_tmp: Path) -> str:
     """py-spy dumps (py-spy comes with ray[default]) of the Ray Train controller and workers under ``ray_tmp``."""
     dumps = []
@@ -114,7 +113,7 @@ def ray_train_stacks(ray_tmp: Path) -> str:
         except OSError:  # gone meanwhile
             continue
         if name.startswith(("ray::TrainController", "ray::RayTrainWorker")):
-            dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
+            dump = subprocess.run([str(BIN / "py-spy"), "dump", "--pid", str(pid)],
                                   capture_output=True, text=True, timeout=60)
             dumps.append(f"--- {name} (pid {pid}):\n{dump.stdout or dump.stderr}")
     return "\n".join(dumps)
