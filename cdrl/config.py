@@ -101,6 +101,8 @@ class TrainConfig:
     initializer_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     initializer_warmup: int = 10_000
     initializer_warmup_offset: int = 500  # lr·min(1, (k+offset)/warmup) (§4)
+    lr_decay: Literal["constant", "cosine"] = "constant"  # cosine: after the warm-ups, down to the last iteration
+    lr_final_scale: float = 0.1  # cosine: the learning rates at the last iteration, as a multiple of *_lr
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     zero_grad: bool = True  # False reproduces the official toy's missing zero_grad (§12.1)
@@ -434,6 +436,7 @@ def validate(config: Config) -> None:
         ("train.energy_lr", t.energy_lr, t.energy_lr > 0, "> 0"),
         ("train.initializer_lr", t.initializer_lr, t.initializer_lr > 0, "> 0"),
         ("train.grad_clip", t.grad_clip, t.grad_clip > 0, "> 0"),
+        ("train.lr_final_scale", t.lr_final_scale, 0 <= t.lr_final_scale <= 1, "in [0, 1]"),
         ("train.ema_decay", t.ema_decay, 0 <= t.ema_decay < 1, "in [0, 1)"),
         ("train.label_dropout", t.label_dropout, 0 <= t.label_dropout < 1, "in [0, 1)"),
         ("train.energy_warmup", t.energy_warmup, t.energy_warmup >= 1, ">= 1"),

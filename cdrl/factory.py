@@ -114,11 +114,12 @@ def build_trainer(config: Config, nets: dict[str, nn.Module], levels: LevelTable
     perf = PerfSettings.resolve(config.perf, net_device(nets))
     objective = build_objective(config, levels, perf)
     fused = perf.fused_optimizer
+    decay = {"decay_until": t.iterations, "final_scale": t.lr_final_scale} if t.lr_decay == "cosine" else {}
     specs = {
-        "energy_net": OptimizerSpec("adam", t.energy_lr, tuple(t.energy_betas), t.energy_warmup, fused=fused),
+        "energy_net": OptimizerSpec("adam", t.energy_lr, tuple(t.energy_betas), t.energy_warmup, fused=fused, **decay),
         "second": OptimizerSpec(
             "adamw", t.initializer_lr, tuple(t.initializer_betas), t.initializer_warmup, t.initializer_warmup_offset,
-            fused=fused,
+            fused=fused, **decay,
         ),
     }
     optimizers = {name: specs["energy_net" if name == "energy_net" else "second"] for name in objective.network_names}

@@ -6,6 +6,7 @@ the PerfSettings' autocast region, the backward outside it (cdrl/perf.py).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -20,7 +21,9 @@ from cdrl.perf import PerfSettings
 
 @dataclass
 class OptimizerSpec:
-    """Adam/AdamW settings and the linear warm-up lr·min(1, (k + offset)/warmup) (§4, §6)."""
+    """Adam/AdamW settings and the learning-rate schedule: the linear warm-up lr·min(1, (k + offset)/warmup)
+    (§4, §6), then, when ``decay_until`` > 0, a cosine decay from lr at the end of the warm-up to
+    lr·``final_scale`` at step ``decay_until`` (held there after it)."""
 
     kind: str  # "adam" | "adamw"
     lr: float
@@ -29,6 +32,18 @@ class OptimizerSpec:
     warmup_offset: int = 0
     weight_decay: float = 0.0
     fused: bool = False  # one fused kernel per step (perf.fused_optimizer)
+    decay_until: int = 0  # 0: constant after the warm-up
+    final_scale: float = 1.0
+
+    def lr_factor(self, k: int) -> float:
+        """The multiple of ``lr`` used for update ``k`` (0-based)."""
+        warmup_factor = min(1.0, (k + self.warmup_offset) / self.warmup)
+        decay_start = max(0, self.warmup - self.warmup_offset)
+        if self.decay_until <= decay_start:
+            return warmup_factor
+        progress = min(1.0, max(0.0, (k - decay_start) / (self.decay_until - decay_start)))
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return warmup_factor * (self.final_scale + (1.0 - self.final_scale) * cosine)
 
     def build(self, net: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         optimizer_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.kind]
@@ -36,9 +51,8 @@ class OptimizerSpec:
         if self.fused:
             kwargs["fused"] = True
         optimizer = optimizer_cls(net.parameters(), lr=self.lr, betas=self.betas, eps=1e-8, **kwargs)
-        warmup, offset = self.warmup, self.warmup_offset
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + offset) / warmup))
-        return optimizer, schedule
+        # a plain function: LambdaLR's state_dict would try to copy a callable object's attributes
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: self.lr_factor(k))
 
 
 class Trainer:

@@ -26,6 +26,31 @@ def test_warmup_schedules_match_the_official_multipliers(tiny_toy_config):
     assert isinstance(trainer.optimizers["initializer"], torch.optim.AdamW)
 
 
+def test_cosine_decay_runs_from_the_end_of_the_warmup_to_the_final_scale_and_survives_a_restore(tiny_toy_config):
+    config = tiny_toy_config
+    config.train.iterations, config.train.lr_decay, config.train.lr_final_scale = 12, "cosine", 0.1
+    config.train.energy_warmup, config.train.initializer_warmup, config.train.initializer_warmup_offset = 4, 4, 2
+    trainer = build_trainer(config, build_nets(config, (2,)), build_levels(config))
+    spec = OptimizerSpec("adam", 1.0, (0.9, 0.999), warmup=4, decay_until=12, final_scale=0.1)
+    assert [spec.lr_factor(k) for k in (0, 2, 4)] == [0.0, 0.5, 1.0]  # warm-up untouched, decay starts at 4
+    assert spec.lr_factor(8) == pytest.approx(0.55)  # half way: 0.1 + 0.9 * 0.5
+    assert spec.lr_factor(12) == pytest.approx(0.1) and spec.lr_factor(50) == pytest.approx(0.1)
+    offset_spec = OptimizerSpec("adamw", 1.0, (0.9, 0.999), warmup=4, warmup_offset=2, decay_until=12, final_scale=0.1)
+    assert offset_spec.lr_factor(2) == 1.0 and offset_spec.lr_factor(7) == pytest.approx(0.55)  # starts at 2
+    x = torch.randn(64, 2)
+    for _ in range(8):
+        trainer.step(x)
+    energy_lr = trainer.optimizers["energy_net"].param_groups[0]["lr"]
+    assert energy_lr == pytest.approx(0.55 * config.train.energy_lr)
+    restored = build_trainer(config, build_nets(config, (2,)), build_levels(config))
+    restored.load_state_dict(trainer.state_dict())
+    assert restored.optimizers["energy_net"].param_groups[0]["lr"] == pytest.approx(energy_lr)
+    trainer.step(x)
+    restored.step(x)
+    assert restored.optimizers["energy_net"].param_groups[0]["lr"] == pytest.approx(
+        trainer.optimizers["energy_net"].param_groups[0]["lr"])
+
+
 def test_ema_effective_decay_warm_start():
     net = nn.Linear(1, 1, bias=False)
     nn.init.zeros_(net.weight)
