@@ -22,8 +22,9 @@ from cdrl.perf import PerfSettings
 @dataclass
 class OptimizerSpec:
     """Adam/AdamW settings and the learning-rate schedule: the linear warm-up lr·min(1, (k + offset)/warmup)
-    (§4, §6), then, when ``decay_until`` > 0, a cosine decay from lr at the end of the warm-up to
-    lr·``final_scale`` at step ``decay_until`` (held there after it)."""
+    (§4, §6), then, when ``decay_until`` lies past the warm-up, a cosine decay from lr at the end of the warm-up
+    to lr·``final_scale`` at update ``decay_until``, held there after it (``train.lr_decay: cosine``, an addition
+    of this repository: the paper keeps the learning rates constant after the warm-up)."""
 
     kind: str  # "adam" | "adamw"
     lr: float
