@@ -124,10 +124,19 @@ def log_dataset_input(client, run_id: str, data_uri: str, manifest) -> None:
     from mlflow.types import Schema, TensorSpec
 
     schema = Schema([TensorSpec(np.dtype(manifest.dtype), (-1, *manifest.item_shape), name="data")])
+    from mlflow.exceptions import MlflowException
+
     dataset = MetaDataset(source=resolve_dataset_source(data_uri), name=manifest.dataset, digest=manifest.version[:36],
                           schema=schema)
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                     tags=[InputTag("mlflow.data.context", "training")])])
+    inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])]
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as err:
+        # MLflow looks the dataset up, then inserts it: runs starting together (Tune trials) race for the insert and
+        # all but one hit the unique key. The row exists now, so logging again only links this run to it.
+        if "unique constraint" not in str(err).lower():
+            raise
+        client.log_inputs(run_id, datasets=inputs)
 
 
 def start_run(config: Config, tags: dict[str, str], entry_point: str = "pipeline/train.py", kind: str = "train",
